@@ -1,0 +1,262 @@
+"""One settings object, read once: defaults -> bot.toml -> BOT_* environment -> flags.
+
+Every setting ``key`` of table ``[section]`` can be overridden by the environment
+variable ``BOT_<SECTION>_<KEY>`` (upper case), e.g. ``BOT_SCHEDULE_CRON``.
+Secrets (``instagram.password``, ``instagram.totp_seed``) are read only from
+the environment, or from a file the environment names
+(``BOT_INSTAGRAM_PASSWORD_FILE``), and are masked wherever settings are printed.
+``[generators.<name>]`` tables are passed as they are to that generator, which
+validates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from bot.errors import ConfigError
+
+# The folder that holds bot/, generators/, templates/ and models/.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+SECRET_KEYS = {("instagram", "password"), ("instagram", "totp_seed")}
+MASK = "********"
+
+
+@dataclass
+class PathsSettings:
+    state: Path = PROJECT_ROOT / "state"
+    models: Path = PROJECT_ROOT / "models"
+    templates: Path = PROJECT_ROOT / "templates"
+
+
+@dataclass
+class AccountSettings:
+    # Where the poster's QR code and the caption point people to.
+    url: str = "https://www.instagram.com/dstrtd.art/"
+    name: str = "DSTRTD"
+
+
+@dataclass
+class PublishSettings:
+    # "auto": instagram when credentials are configured, otherwise outbox.
+    publisher: str = "auto"
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 30.0
+
+
+@dataclass
+class PostersSettings:
+    size: str = "A3"
+    bleed_mm: float = 3.0
+    dpi: int = 300
+    layout: str = "artwork-qr"
+    mark: bool = False
+    # Optional per-poster link, e.g. "https://example.org/p/{city}/{post_id}";
+    # empty means the QR code leads to account.url.
+    link_template: str = ""
+
+
+@dataclass
+class InstagramSettings:
+    username: str = ""
+    password: str = ""
+    totp_seed: str = ""
+    # Point the real client at a test double: host:port replacing Instagram's
+    # API domain, a CA bundle to trust, and instagrapi's private transport.
+    api_host: str = ""
+    ca_file: str = ""
+    transport: str = "requests"
+    delay_range: list[float] = field(default_factory=lambda: [1.0, 3.0])
+    cooldown_seconds: float = 6 * 3600.0
+    engagement_schedule_hours: list[float] = field(
+        default_factory=lambda: [1.0, 6.0, 24.0, 72.0, 168.0, 720.0]
+    )
+
+
+@dataclass
+class ScheduleSettings:
+    cron: str = "0 18 * * *"
+    timezone: str = "Europe/Berlin"
+    jitter_seconds: int = 0
+    grace_seconds: int = 6 * 3600
+    strategy: str = "least-recent"
+    engagement_interval_minutes: float = 60.0
+
+
+@dataclass
+class Settings:
+    paths: PathsSettings = field(default_factory=PathsSettings)
+    account: AccountSettings = field(default_factory=AccountSettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)
+    posters: PostersSettings = field(default_factory=PostersSettings)
+    instagram: InstagramSettings = field(default_factory=InstagramSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    # [generators.<name>] tables, passed to the generator untouched.
+    generators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Where the settings came from, for `bot config show`.
+    source: str = "defaults"
+
+    def generator_config(self, name: str) -> dict[str, Any]:
+        """The configuration table for generator ``name`` (``vqgan-clip`` reads
+        ``[generators.vqgan_clip]``), plus the models directory."""
+        table = dict(self.generators.get(name.replace("-", "_"), {}))
+        table.setdefault("models_dir", str(self.paths.models))
+        return table
+
+    @property
+    def has_instagram_credentials(self) -> bool:
+        return bool(self.instagram.username and self.instagram.password)
+
+    def as_dict(self, *, mask_secrets: bool = True) -> dict[str, Any]:
+        """Plain data for printing; secrets masked unless asked otherwise."""
+        data = dataclasses.asdict(self)
+        for section, key in SECRET_KEYS:
+            if mask_secrets and data[section].get(key):
+                data[section][key] = MASK
+        return _jsonable(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+_SECTIONS = ("paths", "account", "publish", "posters", "instagram", "schedule")
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: defaults, then ``config_path`` (or ``$BOT_CONFIG``, or
+    ``./bot.toml`` when present), then ``BOT_*`` variables, then ``overrides``
+    (``{"section.key": value}`` from command-line flags).
+
+    Raises :class:`ConfigError` naming the file, key, value and what is allowed.
+    """
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    path = _config_file(config_path, env)
+    if path is not None:
+        _apply_file(settings, path)
+        settings.source = str(path)
+    _apply_environment(settings, env)
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        _set(settings, section, key, value, origin="command line")
+    _resolve_paths(settings, base=path.parent if path else Path.cwd())
+    return settings
+
+
+def _config_file(config_path: Any, env: Mapping[str, str]) -> Path | None:
+    explicit = config_path or env.get("BOT_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist (from --config or BOT_CONFIG)")
+        return path
+    default = Path.cwd() / "bot.toml"
+    return default if default.is_file() else None
+
+
+def _apply_file(settings: Settings, path: Path) -> None:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    for section, table in data.items():
+        if section == "generators":
+            if not isinstance(table, dict) or not all(isinstance(t, dict) for t in table.values()):
+                raise ConfigError(f"{path}: [generators] must hold tables like [generators.gan]")
+            settings.generators.update({k: dict(v) for k, v in table.items()})
+            continue
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"{path}: unknown table [{section}]; allowed: {', '.join(_SECTIONS + ('generators',))}"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section!r} must be a table, got {table!r}")
+        for key, value in table.items():
+            if (section, key) in SECRET_KEYS:
+                raise ConfigError(
+                    f"{path}: [{section}] {key} is a secret and is read only from the environment "
+                    f"(BOT_{section.upper()}_{key.upper()} or BOT_{section.upper()}_{key.upper()}_FILE); "
+                    "remove it from the file"
+                )
+            _set(settings, section, key, value, origin=str(path))
+
+
+def _apply_environment(settings: Settings, env: Mapping[str, str]) -> None:
+    for section in _SECTIONS:
+        for f in dataclasses.fields(getattr(settings, section)):
+            name = f"BOT_{section.upper()}_{f.name.upper()}"
+            if name in env:
+                _set(settings, section, f.name, env[name], origin=f"${name}")
+            elif (section, f.name) in SECRET_KEYS and f"{name}_FILE" in env:
+                secret_path = Path(env[f"{name}_FILE"])
+                try:
+                    secret = secret_path.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ConfigError(f"${name}_FILE={str(secret_path)!r}: cannot read: {exc.strerror}") from exc
+                _set(settings, section, f.name, secret, origin=f"${name}_FILE")
+
+
+def _set(settings: Settings, section: str, key: str, value: Any, *, origin: str) -> None:
+    table = getattr(settings, section, None)
+    if section not in _SECTIONS or table is None:
+        raise ConfigError(f"{origin}: unknown table {section!r}; allowed: {', '.join(_SECTIONS)}")
+    names = {f.name: f for f in dataclasses.fields(table)}
+    if key not in names:
+        raise ConfigError(f"{origin}: unknown key {section}.{key}; allowed: {', '.join(sorted(names))}")
+    default = getattr(type(table)(), key)
+    setattr(table, key, _coerce(value, default, f"{section}.{key}", origin))
+
+
+def _coerce(value: Any, default: Any, name: str, origin: str) -> Any:
+    """Convert ``value`` (from TOML or an environment string) to the type of the default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError
+        if isinstance(default, (int, float)):
+            number = type(default)(value)
+            return number
+        if isinstance(default, list):
+            items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+            kind = type(default[0]) if default else str
+            return [kind(v) for v in items]
+        if isinstance(default, Path):
+            return Path(str(value))
+        if isinstance(value, (dict, list)):
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        kind = type(default).__name__
+        raise ConfigError(f"{origin}: {name} = {value!r} is not a valid {kind}") from None
+
+
+def _resolve_paths(settings: Settings, base: Path) -> None:
+    """Relative paths from bot.toml or the environment are taken from the
+    config file's folder (or the current folder when there is none)."""
+    for f in dataclasses.fields(settings.paths):
+        path = Path(getattr(settings.paths, f.name)).expanduser()
+        setattr(settings.paths, f.name, path if path.is_absolute() else (base / path).resolve())

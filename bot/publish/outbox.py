@@ -1,0 +1,73 @@
+"""The ``outbox`` publisher: writes exactly what would be sent to ``state/outbox/<post-id>/``.
+
+Used for dry runs and whenever no Instagram credentials are configured. The
+folder appears whole or not at all (written beside it, then renamed), so its
+presence is the proof that an attempt landed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from bot.config import Settings
+from bot.publish.base import Publication, Submission, register_publisher
+from bot.store import iso, utcnow
+
+
+class OutboxPublisher:
+    name = "outbox"
+
+    def __init__(self, settings: Settings):
+        self.root = Path(settings.paths.state) / "outbox"
+
+    def check(self) -> None:
+        """The outbox needs nothing but a writable state folder, checked by the pipeline."""
+
+    def find(self, submission: Submission) -> Publication | None:
+        record = self.root / submission.post_id / "sent.json"
+        if not record.is_file():
+            return None
+        sent = json.loads(record.read_text(encoding="utf-8"))
+        return Publication(
+            publisher=self.name,
+            published_at=sent["published_at"],
+            media_id=sent["media_id"],
+            url=(self.root / submission.post_id).as_uri(),
+            extra={"attempt_id": sent["attempt_id"]},
+        )
+
+    def publish(self, submission: Submission) -> Publication:
+        existing = self.find(submission)
+        if existing is not None:  # never send the same post twice
+            return existing
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{submission.post_id}.", dir=self.root))
+        published_at = iso(utcnow())
+        try:
+            shutil.copyfile(submission.image_path, staging / "image.jpg")
+            (staging / "caption.txt").write_text(submission.caption, encoding="utf-8")
+            sent = {
+                "post_id": submission.post_id,
+                "attempt_id": submission.attempt_id,
+                "media_id": f"outbox-{submission.post_id}",
+                "published_at": published_at,
+                "metadata": submission.metadata,
+            }
+            (staging / "sent.json").write_text(json.dumps(sent, indent=2), encoding="utf-8")
+            for item in staging.iterdir():
+                with open(item, "rb") as handle:
+                    os.fsync(handle.fileno())
+            os.rename(staging, self.root / submission.post_id)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        found = self.find(submission)
+        assert found is not None
+        return found
+
+
+register_publisher("outbox", OutboxPublisher)
