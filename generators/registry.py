@@ -110,7 +110,11 @@ def _load_builtins() -> None:
         if _loaded:
             return
         for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:  # a built-in left out of a slim install
+                if exc.name != module:
+                    raise
         for entry_point in importlib.metadata.entry_points(group="dstrtd.generators"):
             entry_point.load()  # the plugin's module registers itself on import
         _loaded = True

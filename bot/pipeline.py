@@ -1,0 +1,413 @@
+"""One post, end to end: topic -> generator -> archive -> caption, poster -> publisher -> store.
+
+``bot post`` and the daemon both call :func:`run_post`; neither has its own copy
+of these steps. Each step writes its result durably before the next starts and
+reuses what it finds on disk, so re-running after a crash resumes the
+unfinished post instead of starting another. Publishing records an attempt
+before calling the publisher and asks the publisher whether an earlier attempt
+landed before trying again: no crash point leads to two publications of one post.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bot import archive
+from bot.captions import check_caption, render_caption
+from bot.config import Settings
+from bot.errors import BadInput, BotError, PublishCoolDown, PublishError, PublishPaused
+from bot.publish import Publisher, Submission, get_publisher, resolve_publisher_name
+from bot.store import Store, check_state_dir, exclusive, iso, parse_iso, utcnow
+from bot.topics import Topic, get_topic, load_topics
+from generators import (
+    GenerationRequest,
+    GeneratorError,
+    generator_description,
+    get_generator,
+)
+from generators.registry import Generator, ProgressCallback
+
+log = logging.getLogger("bot.pipeline")
+
+
+@dataclass
+class Plan:
+    """What a post will be made of, settled before any work starts."""
+
+    topic: Topic
+    generator_name: str
+    generator: Generator
+    request: GenerationRequest
+    publisher_name: str
+    publisher: Publisher
+
+
+def run_post(
+    settings: Settings,
+    store: Store,
+    *,
+    topic: str | None = None,
+    generator: str | None = None,
+    publisher: str | None = None,
+    dry_run: bool = False,
+    seed: int | None = None,
+    progress: ProgressCallback | None = None,
+    slot: str | None = None,
+    manual: bool = True,
+) -> dict[str, Any]:
+    """Make one post (or finish the unfinished one) and return its final record.
+
+    ``manual`` is True for a person at ``bot post``: a post paused by an
+    Instagram challenge is then tried again (they may just have run
+    ``bot login``); the daemon leaves paused posts alone. ``slot`` is the
+    daemon's schedule slot, recorded on a new post.
+
+    Raises :class:`BadInput` (nothing changed) or :class:`BotError` (the post
+    keeps its state and error; run again to resume).
+    """
+    # 1. check inputs that need no lock: state folder, topics, store readable
+    check_state_dir(settings.paths.state)
+    topics = load_topics(settings.paths.templates)
+
+    # 2. one post at a time per state folder (manual run or daemon)
+    with exclusive(settings.paths.state, "post", "bot run" if not manual else "bot post"):
+        # 3. resume the unfinished post, or plan a new one
+        post = _unfinished_post(store, topic, manual=manual)
+        if post is not None:
+            plan = _plan_for(settings, topics, post, progress)
+            log.info("post %s: resuming from status %s", post["id"], post["status"])
+        else:
+            plan = _plan_new(settings, store, topics, topic, generator, publisher, dry_run, seed, progress)
+            post = _create_post(settings, store, plan, slot)
+
+        # 4. generate, 5. render caption and poster, 6. publish exactly once
+        post = _step(settings, store, post, "generate", lambda: _generate(settings, store, post, plan))
+        post = _step(settings, store, post, "render", lambda: _render(settings, store, post, plan))
+        return _publish(settings, store, post, plan)
+
+
+# -- 3. planning ------------------------------------------------------------
+
+
+def _unfinished_post(store: Store, topic: str | None, *, manual: bool) -> dict[str, Any] | None:
+    """The post a run must finish before starting another, if any."""
+    unfinished = store.unfinished_posts()
+    if not unfinished:
+        return None
+    post = unfinished[0]
+    if topic is not None and post["topic"] != topic:
+        raise BadInput(
+            f"post {post['id']} (topic {post['topic']!r}, status {post['status']}) is unfinished; "
+            f"run `bot post` without --topic to finish it before starting a {topic!r} post"
+        )
+    if post["status"] == "cooling_down":
+        until = parse_iso(post["retry_after"])
+        if until > utcnow():
+            raise BotError(
+                f"post {post['id']} is cooling down until {iso(until)} because Instagram asked the "
+                f"bot to slow down ({post.get('error', {}).get('message', 'rate limit')}); run again after that"
+            )
+    if post["status"] == "paused" and not manual:
+        raise BotError(
+            f"post {post['id']} is paused: {post.get('error', {}).get('message', '')}. "
+            "A person must run `bot login`, then `bot post`"
+        )
+    return post
+
+
+def _plan_new(
+    settings: Settings,
+    store: Store,
+    topics: dict[str, Topic],
+    topic_slug: str | None,
+    generator_name: str | None,
+    publisher_name: str | None,
+    dry_run: bool,
+    seed: int | None,
+    progress: ProgressCallback | None,
+) -> Plan:
+    """Settle topic, generator and publisher, checking each before any work.
+
+    Without a topic: the least recently posted topic whose model is available
+    (never-posted topics first, in file order). A topic whose generator cannot
+    run here is an error naming the fixing command; there is no silent fallback
+    to another generator.
+    """
+    publisher_name = resolve_publisher_name(settings, dry_run=dry_run, name=publisher_name)
+    chosen_publisher = get_publisher(publisher_name, settings)
+    chosen_publisher.check()
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    if seed < 0 or seed >= 2**63:
+        raise BadInput(f"--seed {seed} is out of range; allowed: 0 <= seed < 2**63")
+
+    if topic_slug is not None:
+        candidates = [get_topic(topics, topic_slug)]
+    else:
+        last = store.last_posted()
+        never_posted = [t for t in topics.values() if t.slug not in last]
+        posted = sorted((t for t in topics.values() if t.slug in last), key=lambda t: last[t.slug])
+        candidates = never_posted + posted
+    reasons = []
+    for candidate in candidates:
+        name = generator_name or candidate.generator
+        chosen = get_generator(name, settings.generator_config(name))
+        request = _request_for(candidate, name, seed, progress)
+        try:
+            chosen.check(request)
+        except GeneratorError as exc:
+            if topic_slug is not None:
+                raise
+            reasons.append(f"{candidate.slug}: {exc}")
+            continue
+        _check_caption(settings, candidate, name)
+        return Plan(candidate, name, chosen, request, publisher_name, chosen_publisher)
+    raise BadInput("no topic can be posted here, because:\n  " + "\n  ".join(reasons))
+
+
+def _request_for(topic: Topic, generator_name: str, seed: int, progress: ProgressCallback | None) -> GenerationRequest:
+    options = dict(topic.options)
+    size = options.pop("size", None)
+    request = GenerationRequest(prompts=topic.prompts, seed=seed, model=topic.model, options=options, progress=progress)
+    if size is not None:
+        request.size = size
+    return request
+
+
+def _check_caption(settings: Settings, topic: Topic, generator_name: str) -> str:
+    caption = render_caption(
+        topic,
+        templates_dir=settings.paths.templates,
+        generator_label=generator_description(generator_name) or generator_name,
+        account_name=settings.account.name,
+        account_url=settings.account.url,
+    )
+    check_caption(caption)
+    return caption
+
+
+def _plan_for(settings: Settings, topics: dict[str, Topic], post: dict[str, Any], progress: ProgressCallback | None) -> Plan:
+    """Rebuild the plan of a post being resumed from its record."""
+    if post["topic"] not in topics:
+        raise BadInput(
+            f"post {post['id']} is for topic {post['topic']!r}, which is no longer in "
+            f"{settings.paths.templates / 'topics.toml'}; put it back to finish the post"
+        )
+    topic = topics[post["topic"]]
+    chosen = get_generator(post["generator"], settings.generator_config(post["generator"]))
+    request = _request_for(topic, post["generator"], post["seed"], progress)
+    request.model = post.get("model", request.model)
+    if post["status"] == "planned":  # the image is still to be made
+        chosen.check(request)
+    chosen_publisher = get_publisher(post["publisher"], settings)
+    chosen_publisher.check()
+    return Plan(topic, post["generator"], chosen, request, post["publisher"], chosen_publisher)
+
+
+def _create_post(settings: Settings, store: Store, plan: Plan, slot: str | None) -> dict[str, Any]:
+    post_id = store.new_post_id(plan.topic.slug)
+    folder = archive.archive_dir(settings.paths.state, post_id)
+    post = store.create_post(
+        {
+            "id": post_id,
+            "topic": plan.topic.slug,
+            "generator": plan.generator_name,
+            "model": plan.request.model,
+            "seed": plan.request.seed,
+            "publisher": plan.publisher_name,
+            "slot": slot,
+            "archive": archive.relative(settings.paths.state, folder),
+            "failures": 0,
+        }
+    )
+    log.info("post %s: planned (topic %s, generator %s, publisher %s)", post_id, plan.topic.slug, plan.generator_name, plan.publisher_name)
+    return post
+
+
+# -- 4.-5. making the artefacts ------------------------------------------------
+
+
+def _step(settings: Settings, store: Store, post: dict[str, Any], name: str, work) -> dict[str, Any]:
+    """Run one step; on failure record the error on the post, mark the post
+    failed once ``publish.max_attempts`` failures have been seen, and raise."""
+    try:
+        return work()
+    except BadInput:
+        raise
+    except Exception as exc:  # contain anything the step raised, record it, explain it
+        failures = int(store.require_post(post["id"]).get("failures", 0)) + 1
+        error = {"step": name, "message": f"{type(exc).__name__}: {exc}", "at": iso(utcnow())}
+        log.error("post %s: %s failed: %s", post["id"], name, error["message"])
+        if failures >= settings.publish.max_attempts:
+            store.update_post(post["id"], error=error, failures=failures, status="failed")
+            raise BotError(
+                f"post {post['id']}: {name} failed ({failures} times, giving up; the post is marked failed): {exc}"
+            ) from exc
+        store.update_post(post["id"], error=error, failures=failures)
+        raise BotError(f"post {post['id']}: {name} failed: {exc}. Run `bot post` again to resume.") from exc
+
+
+def _generate(settings: Settings, store: Store, post: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    folder = archive.archive_dir(settings.paths.state, post["id"])
+    if post["status"] != "planned" and (folder / archive.FILES["original"]).is_file():
+        return post
+    started = time.perf_counter()
+    result = plan.generator.generate(plan.request)
+    report = archive.save_generation(folder, result)
+    log.info("post %s: generated in %.1f s", post["id"], time.perf_counter() - started)
+    artefacts = {"original": archive.relative(settings.paths.state, folder / archive.FILES["original"])}
+    return store.update_post(post["id"], status="generated", artefacts=artefacts, seed=report["seed"], error=None)
+
+
+def _render(settings: Settings, store: Store, post: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    if post["status"] not in ("generated",):
+        return post
+    from bot.posters import render_poster  # imported here: reportlab is only needed for this step
+
+    folder = archive.archive_dir(settings.paths.state, post["id"])
+    image, report = archive.load_generation(folder)
+    files = {key: folder / name for key, name in archive.FILES.items()}
+
+    caption = _check_caption(settings, plan.topic, post["generator"])
+    archive.atomic_write_text(files["caption"], caption)
+    if not files["instagram"].is_file():
+        archive.render_instagram_jpeg(image, files["instagram"])
+    if not files["poster"].is_file():
+        render_poster(
+            image,
+            files["poster"],
+            url=settings.account.url,
+            size=settings.posters.size,
+            bleed_mm=settings.posters.bleed_mm,
+            dpi=settings.posters.dpi,
+            layout=settings.posters.layout,
+            mark=settings.posters.mark,
+        )
+    if report.get("loss_curve"):
+        archive.plot_loss_curve(
+            report["loss_curve"], report["loss_label"], f"{plan.topic.name}: {post['generator']}", files["loss_curve"]
+        )
+    archive.write_manifest(folder, _manifest(post, plan, report))
+    artefacts = {key: archive.relative(settings.paths.state, path) for key, path in files.items() if path.is_file()}
+    log.info("post %s: rendered caption, Instagram image and poster", post["id"])
+    return store.update_post(post["id"], status="rendered", artefacts=artefacts, error=None)
+
+
+def _manifest(post: dict[str, Any], plan: Plan, report: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to make the same image again."""
+    return {
+        "post_id": post["id"],
+        "created_at": post["created_at"],
+        "topic": {"slug": plan.topic.slug, "name": plan.topic.name},
+        "prompts": plan.topic.prompts,
+        "generator": post["generator"],
+        "model": post.get("model"),
+        "seed": report["seed"],
+        "size": report["size"],
+        "parameters": report["parameters"],
+        "models": report["models"],
+        "timings": report["timings"],
+        "loss": {
+            "label": report["loss_label"],
+            "steps": len(report["loss_curve"] or []),
+            "first": (report["loss_curve"] or [None])[0],
+            "last": (report["loss_curve"] or [None])[-1],
+        },
+        "packages": archive.package_versions(),
+        "regenerate": (
+            f"bot generate --generator {post['generator']} --topic {plan.topic.slug} --seed {report['seed']}"
+        ),
+    }
+
+
+# -- 6. publishing exactly once ---------------------------------------------------
+
+
+def _submission(settings: Settings, post: dict[str, Any], attempt_id: str) -> Submission:
+    state = settings.paths.state
+    return Submission(
+        post_id=post["id"],
+        attempt_id=attempt_id,
+        image_path=state / post["artefacts"]["instagram"],
+        caption=(state / post["artefacts"]["caption"]).read_text(encoding="utf-8"),
+        metadata={"topic": post["topic"], "generator": post["generator"], "seed": post["seed"]},
+        previous_attempt_ids=[a["id"] for a in post.get("attempts", [])],
+    )
+
+
+def _publish(settings: Settings, store: Store, post: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    publisher = plan.publisher
+    # a. an earlier attempt may have landed (crash, timeout, dropped connection)
+    if post.get("attempts"):
+        try:
+            found = publisher.find(_submission(settings, post, post["attempts"][-1]["id"]))
+        except PublishError as exc:
+            store.update_post(post["id"], error={"step": "publish", "message": str(exc), "at": iso(utcnow())})
+            raise BotError(
+                f"post {post['id']}: cannot tell whether an earlier attempt was published ({exc}); "
+                "nothing was sent again. Run `bot post` later to check and finish."
+            ) from exc
+        if found is not None:
+            log.info("post %s: an earlier attempt had landed; recording it", post["id"])
+            return _record_published(store, post, post["attempts"][-1]["id"], found)
+
+    # b. record the attempt before the call, then call
+    attempt = {"id": uuid.uuid4().hex, "publisher": plan.publisher_name, "started_at": iso(utcnow()), "outcome": "pending"}
+    post = store.append_to_post(post["id"], "attempts", attempt)
+    post = store.update_post(post["id"], status="publishing")
+    try:
+        publication = publisher.publish(_submission(settings, post, attempt["id"]))
+    except PublishCoolDown as exc:
+        retry_after = iso(utcnow() + timedelta(seconds=exc.seconds))
+        return _attempt_failed(store, post, attempt, "cooldown", exc, status="cooling_down", retry_after=retry_after)
+    except PublishPaused as exc:
+        return _attempt_failed(store, post, attempt, "paused", exc, status="paused")
+    except PublishError as exc:
+        if exc.outcome_unknown:
+            return _attempt_failed(store, post, attempt, "unknown", exc, status="publishing")
+        failed = sum(1 for a in post["attempts"] if a.get("outcome") == "failed") + 1
+        final = not exc.retryable or failed >= settings.publish.max_attempts
+        return _attempt_failed(store, post, attempt, "failed", exc, status="failed" if final else "rendered")
+    except Exception as exc:  # an unexpected error mid-call: it may have landed
+        _attempt_failed(store, post, attempt, "unknown", exc, status="publishing", reraise=False)
+        raise BotError(f"post {post['id']}: publishing failed unexpectedly: {exc}. Run `bot post` to check and finish.") from exc
+    return _record_published(store, post, attempt["id"], publication)
+
+
+def _attempt_failed(
+    store: Store,
+    post: dict[str, Any],
+    attempt: dict[str, Any],
+    outcome: str,
+    exc: Exception,
+    *,
+    status: str,
+    reraise: bool = True,
+    **changes: Any,
+) -> dict[str, Any]:
+    error = {"step": "publish", "message": str(exc), "kind": outcome, "at": iso(utcnow())}
+    store.replace_in_list(post["id"], "attempts", "id", {**attempt, "outcome": outcome, "finished_at": error["at"], "error": str(exc)})
+    post = store.update_post(post["id"], status=status, error=error, **changes)
+    log.warning("post %s: publish attempt %s: %s (%s) -> %s", post["id"], attempt["id"], outcome, exc, status)
+    if reraise:
+        raise BotError(f"post {post['id']}: not published ({outcome}): {exc}; status is now {status}") from exc
+    return post
+
+
+def _record_published(store: Store, post: dict[str, Any], attempt_id: str, publication: Any) -> dict[str, Any]:
+    attempt = next(a for a in post["attempts"] if a["id"] == attempt_id)
+    store.replace_in_list(post["id"], "attempts", "id", {**attempt, "outcome": "published", "finished_at": iso(utcnow())})
+    post = store.update_post(post["id"], status="published", publication=asdict(publication), error=None)
+    log.info("post %s: published via %s (%s)", post["id"], publication.publisher, publication.url or publication.media_id)
+    return post
+
+
+def artefact_paths(settings: Settings, post: dict[str, Any]) -> dict[str, str]:
+    """Absolute paths of a post's artefacts, for ``--json`` output."""
+    return {key: str(Path(settings.paths.state) / rel) for key, rel in post.get("artefacts", {}).items()}
