@@ -1,0 +1,35 @@
+"""Fixtures shared by the whole suite.
+
+Every test starts from a clean environment: no BOT_* variable from the
+developer's shell leaks in, hubs are off, and torch uses the machine's two
+cores without oversubscribing them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ["MPLBACKEND"] = "Agg"
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_bot_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("BOT_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh state folder, named to the bot through BOT_PATHS_STATE."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    monkeypatch.setenv("BOT_PATHS_STATE", str(folder))
+    return folder
