@@ -1,0 +1,63 @@
+"""A contact sheet: every page of a poster PDF as a labelled thumbnail, to look
+at before paying for the print.
+
+The thumbnails are rasterised from the finished PDF with pdfium (the PDF
+engine of Chrome), so the sheet shows what will be printed, not a second
+drawing of it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pypdfium2 as pdfium
+from PIL import Image, ImageDraw, ImageFont
+
+from bot.store import atomic_write_bytes
+
+THUMB_HEIGHT = 420  # pixels per page thumbnail
+COLUMNS = 4
+PAD = 16
+LABEL_HEIGHT = 28
+
+
+def write_contact_sheet(pdf_path: Path, out_path: Path, labels: list[str] | None = None) -> Path:
+    """Write a PNG grid of the pages of ``pdf_path`` with ``labels`` under them
+    (post ids; page numbers when missing)."""
+    thumbs = _thumbnails(Path(pdf_path))
+    labels = list(labels or [])
+    cell_w = max(t.width for t in thumbs)
+    columns = min(COLUMNS, len(thumbs))
+    rows = -(-len(thumbs) // columns)
+    sheet = Image.new(
+        "RGB",
+        (PAD + columns * (cell_w + PAD), PAD + rows * (THUMB_HEIGHT + LABEL_HEIGHT + PAD)),
+        (40, 40, 40),
+    )
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=14)
+    for index, thumb in enumerate(thumbs):
+        row, col = divmod(index, columns)
+        x = PAD + col * (cell_w + PAD) + (cell_w - thumb.width) // 2
+        y = PAD + row * (THUMB_HEIGHT + LABEL_HEIGHT + PAD)
+        sheet.paste(thumb, (x, y))
+        label = labels[index] if index < len(labels) and labels[index] else f"page {index + 1}"
+        draw.text((x, y + THUMB_HEIGHT + 6), f"{index + 1}. {label}", fill=(230, 230, 230), font=font)
+    buffer = io.BytesIO()
+    sheet.save(buffer, "PNG", optimize=False)
+    atomic_write_bytes(Path(out_path), buffer.getvalue())
+    return Path(out_path)
+
+
+def _thumbnails(pdf_path: Path) -> list[Image.Image]:
+    document = pdfium.PdfDocument(str(pdf_path))
+    try:
+        thumbs = []
+        for page in document:
+            _, height_pt = page.get_size()
+            thumbs.append(page.render(scale=THUMB_HEIGHT / height_pt).to_pil().convert("RGB"))
+            page.close()
+        return thumbs
+    finally:
+        document.close()
