@@ -107,8 +107,11 @@ def _parse(path: Path, text: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        # tomllib's message ends with "(at line N, column M)".
-        raise TemplateError(f"{path}: invalid TOML: {exc}") from None
+        # tomllib's message ends with "(at line N, column M)"; lead with the line
+        # in the same "file, line N:" form as the schema errors.
+        found = re.search(r"at line (\d+)", str(exc))
+        where = f"{path}, line {found.group(1)}" if found else str(path)
+        raise TemplateError(f"{where}: invalid TOML: {exc}") from None
 
 
 def _topics_table(path: Path, text: str, data: dict[str, Any]) -> dict[str, Any]:
