@@ -86,6 +86,9 @@ class ScheduleSettings:
     grace_seconds: int = 6 * 3600
     strategy: str = "least-recent"
     engagement_interval_minutes: float = 60.0
+    # How often the daemon rewrites state/heartbeat.json; `bot healthcheck`
+    # calls a heartbeat older than three times this stale.
+    heartbeat_seconds: float = 30.0
 
 
 @dataclass

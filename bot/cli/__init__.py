@@ -18,10 +18,14 @@ import click
 
 from bot.cli.common import AppContext
 from bot.errors import BotError
+from bot.plugins import load_plugins
 from generators.errors import GeneratorError, InvalidRequest, ModelUnavailable
 
 COMMAND_MODULES = [
     "config_cmd",
+    "run",
+    "status",
+    "healthcheck",
     "topics",
 ]
 
@@ -51,6 +55,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    load_plugins()  # modules named in $BOT_PLUGINS register generators/publishers
     ctx.obj = AppContext(config_path=config_path)
 
 

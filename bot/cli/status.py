@@ -1,0 +1,96 @@
+"""``bot status``: the daemon's heartbeat, the posts that need attention, and alerts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from bot.cli.common import AppContext, emit_json, pass_app
+
+ATTENTION = ("planned", "generated", "rendered", "publishing", "cooling_down", "paused", "failed")
+
+
+def collect_status(app: AppContext) -> dict[str, Any]:
+    """Everything `bot status` shows, as plain data."""
+    from bot.daemon import default_max_age, heartbeat_health, read_heartbeat, recent_runs, slot_rows
+    from bot.store import parse_iso, utcnow
+
+    settings, store = app.settings, app.store
+    heartbeat = read_heartbeat(settings.paths.state)
+    healthy, why = heartbeat_health(heartbeat, max_age_seconds=default_max_age(settings))
+    age = None
+    if heartbeat and heartbeat.get("last_tick"):
+        age = round((utcnow() - parse_iso(heartbeat["last_tick"])).total_seconds(), 1)
+    posts = [p for p in store.posts() if p["status"] in ATTENTION]
+    return {
+        "daemon": {
+            "healthy": healthy,
+            "summary": why,
+            "heartbeat_age_s": age,
+            "heartbeat": heartbeat,
+        },
+        "schedule": {"cron": settings.schedule.cron, "timezone": settings.schedule.timezone, "strategy": settings.schedule.strategy},
+        "attention": [
+            {
+                "id": p["id"],
+                "topic": p.get("topic"),
+                "status": p["status"],
+                "updated_at": p.get("updated_at"),
+                "retry_after": p.get("retry_after"),
+                "error": (p.get("error") or {}).get("message") if isinstance(p.get("error"), dict) else p.get("error"),
+            }
+            for p in posts
+        ],
+        "published": len(store.posts(status="published")),
+        "slots": slot_rows(store)[:5],
+        "runs": recent_runs(store, 5),
+        "alerts": store.rows("alerts")[-10:],
+    }
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def command(app: AppContext, as_json: bool) -> None:
+    """Show whether the daemon is alive, its next runs and last error, and the
+    posts that are unfinished, cooling down, paused or failed.
+
+    \b
+    Examples:
+        bot status
+        bot status --json
+    """
+    data = collect_status(app)
+    if as_json:
+        emit_json(data)
+        return
+    daemon, heartbeat = data["daemon"], data["daemon"]["heartbeat"] or {}
+    click.echo(f"daemon: {'healthy' if daemon['healthy'] else 'NOT HEALTHY'} ({daemon['summary']})")
+    if heartbeat:
+        click.echo(f"  status {heartbeat.get('status')}, pid {heartbeat.get('pid')}, last tick {heartbeat.get('last_tick')}")
+        if heartbeat.get("stop_reason"):
+            click.echo(f"  stop reason: {heartbeat['stop_reason']}")
+        for job, when in (heartbeat.get("next_runs") or {}).items():
+            click.echo(f"  next {job}: {when}")
+        for label in ("last_outcome", "last_error"):
+            if heartbeat.get(label):
+                item = heartbeat[label]
+                click.echo(
+                    f"  {label.replace('_', ' ')}: {item.get('job')} {item.get('outcome', '')} "
+                    f"post {item.get('post_id')} at {item.get('finished_at')}" + (f": {item['error']}" if item.get("error") else "")
+                )
+    schedule = data["schedule"]
+    click.echo(f"schedule: {schedule['cron']!r} in {schedule['timezone']} ({schedule['strategy']})")
+    click.echo(f"published posts: {data['published']}")
+    if data["attention"]:
+        click.echo("posts needing attention:")
+        for post in data["attention"]:
+            extra = f" until {post['retry_after']}" if post["status"] == "cooling_down" and post["retry_after"] else ""
+            click.echo(f"  {post['id']}  {post['status']}{extra}" + (f"  {post['error']}" if post["error"] else ""))
+    else:
+        click.echo("posts needing attention: none")
+    for slot in data["slots"]:
+        click.echo(f"slot {slot['slot']}: {slot['status']} (attempts {slot.get('attempts')}, post {slot.get('post_id')})")
+    for alert in data["alerts"]:
+        click.echo(f"alert: {alert}")
