@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "status",
     "healthcheck",
     "topics",
+    "posters",
 ]
 
 ROOT_HELP = """DSTRTD: distorted-realism images of nature, posted with a sourced caption
