@@ -28,6 +28,8 @@ COMMAND_MODULES = [
     "healthcheck",
     "topics",
     "posters",
+    "login",
+    "engagement",
 ]
 
 ROOT_HELP = """DSTRTD: distorted-realism images of nature, posted with a sourced caption

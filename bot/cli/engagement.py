@@ -1,0 +1,73 @@
+"""``bot engagement``: counts per post and per topic and a chart;
+``bot engagement collect`` takes the snapshots that are due."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bot.cli.common import AppContext, emit_json, pass_app
+from bot.engagement import collect_engagement, engagement_summary, plot_engagement
+
+
+@click.group("engagement", invoke_without_command=True)
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the PNG chart (default: state/engagement.png).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+@click.pass_context
+def command(ctx: click.Context, app: AppContext, chart: Path | None, as_json: bool) -> None:
+    """Latest likes, comments and views per post and per topic, with growth
+    since the first snapshot, and a PNG chart of engagement over time per topic.
+
+    \b
+    Examples:
+        bot engagement
+        bot engagement --json
+        bot engagement --chart /tmp/engagement.png
+        bot engagement collect
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    summary = engagement_summary(app.store)
+    summary["chart"] = str(plot_engagement(app.store, chart or Path(app.settings.paths.state) / "engagement.png"))
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"{'post':<34} {'topic':<14} {'likes':>6} {'+':>5} {'comments':>8} {'+':>5} {'views':>6} {'snaps':>5}")
+    for row in summary["posts"]:
+        click.echo(f"{row['post_id']:<34} {row['topic']:<14} {row['likes']:>6} {_n(row['likes_growth']):>5} "
+                   f"{row['comments']:>8} {_n(row['comments_growth']):>5} {_n(row['views']):>6} {row['snapshots']:>5}")
+    click.echo("")
+    click.echo(f"{'topic':<14} {'posts':>5} {'likes':>6} {'+':>5} {'comments':>8} {'+':>5}")
+    for slug, row in summary["topics"].items():
+        click.echo(f"{slug:<14} {row['posts']:>5} {row['likes']:>6} {row['likes_growth']:>5} "
+                   f"{row['comments']:>8} {row['comments_growth']:>5}")
+    click.echo(f"\nChart: {summary['chart']}")
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+@command.command("collect")
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshots taken as JSON.")
+@pass_app
+def collect(app: AppContext, as_json: bool) -> None:
+    """Read the counts of every published post whose next slot has passed
+    (instagram.engagement_schedule_hours after publication) and append them.
+
+    \b
+    Examples:
+        bot engagement collect
+        bot engagement collect --json
+    """
+    taken = collect_engagement(app.settings, app.store)
+    if as_json:
+        emit_json(taken)
+        return
+    for snap in taken:
+        click.echo(f"{snap['post_id']}: {snap['likes']} likes, {snap['comments']} comments "
+                   f"(slot {snap['slot_hours']:g} h)")
+    click.echo(f"{len(taken)} snapshot(s) taken.")

@@ -1,0 +1,75 @@
+"""``bot login``: the one interactive command. It logs in to Instagram with a
+person at the terminal (two-factor code, challenge), saves the session for
+every other command and the daemon, and releases posts paused by a challenge."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import click
+
+from bot.cli.common import AppContext, emit_json, pass_app
+from bot.errors import BadInput, BotError
+from bot.publish.instagram import _describe, load_session, make_client, save_session, session_path, totp_code
+
+log = logging.getLogger("bot.cli.login")
+
+
+@click.command("login")
+@click.option("--username", help="Instagram username (default: instagram.username / BOT_INSTAGRAM_USERNAME).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@pass_app
+def command(app: AppContext, username: str | None, as_json: bool) -> None:
+    """Log in to Instagram and save the session (state/instagram_session.json, mode 0600).
+
+    Asks for what is missing: the password when BOT_INSTAGRAM_PASSWORD is not
+    set, a two-factor code when no TOTP seed is configured, the code of a
+    challenge Instagram sends by e-mail or SMS. Posts paused by a challenge go
+    back to `rendered`, so the next `bot post` (or the daemon) publishes them.
+
+    \b
+    Examples:
+        bot login
+        BOT_INSTAGRAM_USERNAME=dstrtd.art bot login
+        bot login --json
+    """
+    settings = app.settings
+    ig = settings.instagram
+    username = username or ig.username or click.prompt("Instagram username")
+    password = ig.password or click.prompt(f"Password for {username}", hide_input=True)
+    ig = dataclasses.replace(ig, username=username, password=password)
+    client = make_client(ig, interactive=True)
+    path = session_path(settings)
+    relogin = load_session(client, path)  # keeps the device identity of the last session
+    _login(client, ig, relogin=relogin)
+    account = client.account_info()
+    save_session(client, path)
+    released = []
+    for post in app.store.posts(status="paused"):
+        app.store.update_post(post["id"], status="rendered", error=None)
+        released.append(post["id"])
+    result = {"username": account.username, "business": account.is_business, "session_file": str(path),
+              "released_posts": released}
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"Logged in as {account.username}; session saved to {path} (mode 0600).")
+    for post_id in released:
+        click.echo(f"  post {post_id}: paused -> rendered; run `bot post` to publish it")
+
+
+def _login(client, ig, *, relogin: bool) -> None:
+    from instagrapi.exceptions import BadPassword, ChallengeError, ClientError, TwoFactorRequired
+
+    code = totp_code(ig.totp_seed) if ig.totp_seed else ""
+    try:
+        try:
+            client.login(ig.username, ig.password, relogin=relogin, verification_code=code)
+        except TwoFactorRequired:
+            code = totp_code(ig.totp_seed) if ig.totp_seed else click.prompt("Two-factor code", hide_input=False)
+            client.login(ig.username, ig.password, relogin=True, verification_code=code.strip())
+    except BadPassword as exc:
+        raise BadInput(f"Instagram refused the login for {ig.username!r} ({_describe(exc)})") from None
+    except (ChallengeError, ClientError) as exc:
+        raise BotError(f"login failed: {_describe(exc)}") from None

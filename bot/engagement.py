@@ -1,0 +1,211 @@
+"""Engagement over time: likes, comments and views of each published post,
+read on a schedule that thins out with age, appended to the post's record.
+
+A post published at ``t`` has collection slots at ``t + h`` for each ``h`` in
+``instagram.engagement_schedule_hours`` (1 h, 6 h, 24 h, 3 d, 7 d, 30 d by
+default): interest in a post is front-loaded, so early readings are dense and
+later ones sparse, which keeps requests (and the risk of being throttled) low.
+A snapshot is due when a slot has passed and no snapshot was taken for it or a
+later slot; a bot that was down for a while takes one snapshot for the latest
+slot that passed rather than a burst of stale ones.
+
+Snapshots are appended with ``store.append_to_post(post_id, "engagement", ...)``
+and never overwritten. Counts come from the private ``media/<pk>/info/``
+endpoint (``media_info_v1``: never cached, and unlike ``media_info`` it does
+not fall back to the public web API on an error); business and creator
+accounts also get the raw ``insights_media`` answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bot.config import Settings
+from bot.errors import PublishCoolDown, PublishError, PublishPaused
+from bot.store import Store, iso, parse_iso, utcnow
+
+log = logging.getLogger("bot.engagement")
+
+
+# -- which posts are due -------------------------------------------------------------
+
+
+def due_slot(post: dict[str, Any], schedule_hours: list[float], now: datetime) -> float | None:
+    """The slot (hours after publication) a snapshot is due for, or None."""
+    published = _published_at(post)
+    if published is None:
+        return None
+    passed = [h for h in sorted(schedule_hours) if published + timedelta(hours=h) <= now]
+    if not passed:
+        return None
+    latest = passed[-1]
+    taken = [s.get("slot_hours") for s in post.get("engagement", []) if s.get("slot_hours") is not None]
+    if taken and max(taken) >= latest:
+        return None
+    return latest
+
+
+def _published_at(post: dict[str, Any]) -> datetime | None:
+    publication = post.get("publication") or {}
+    if post.get("status") != "published" or publication.get("publisher") != "instagram":
+        return None
+    if not publication.get("media_id") or not publication.get("published_at"):
+        return None
+    return parse_iso(publication["published_at"])
+
+
+# -- collecting ----------------------------------------------------------------------
+
+
+def collect_engagement(settings: Settings, store: Store, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Take the snapshots that are due; returns them (each with its ``post_id``).
+
+    Stops early, keeping what it took, when Instagram asks to slow down or a
+    person must log in again; a post whose media is gone is skipped.
+    """
+    # 1. which posts are due (no network when none is)
+    moment = now or utcnow()
+    due = [(post, slot) for post in store.posts(status="published")
+           if (slot := due_slot(post, settings.instagram.engagement_schedule_hours, moment)) is not None]
+    if not due:
+        return []
+    # 2. one logged-in session for all of them
+    from bot.publish.instagram import InstagramPublisher
+
+    publisher = InstagramPublisher(settings)
+    publisher.check()
+    taken: list[dict[str, Any]] = []
+    try:
+        client = publisher.session()
+        business = bool(getattr(publisher.account, "is_business", False))
+        # 3. one snapshot per due post, appended
+        for post, slot in due:
+            snapshot = _snapshot(publisher, client, post, slot, business, moment)
+            if snapshot is None:
+                continue
+            store.append_to_post(post["id"], "engagement", snapshot)
+            taken.append({"post_id": post["id"], **snapshot})
+    except (PublishCoolDown, PublishPaused) as exc:
+        log.warning("engagement: stopped after %d snapshot(s): %s", len(taken), exc)
+    log.info("engagement: %d snapshot(s) taken, %d post(s) were due", len(taken), len(due))
+    return taken
+
+
+def _snapshot(publisher: Any, client: Any, post: dict[str, Any], slot: float, business: bool,
+              moment: datetime) -> dict[str, Any] | None:
+    from instagrapi.exceptions import MediaError
+
+    from bot.publish.instagram import classify
+
+    media_id = post["publication"]["media_id"]
+    pk = str(post["publication"].get("extra", {}).get("media_pk") or media_id.split("_")[0])
+    try:
+        media = publisher._call("reading media counts", lambda c: c.media_info_v1(pk))
+    except PublishError as exc:
+        if isinstance(exc, (PublishCoolDown, PublishPaused)):
+            raise
+        log.warning("engagement: post %s (media %s): %s; skipped", post["id"], media_id, exc)
+        return None
+    insights = None
+    if business:
+        try:
+            insights = client.insights_media(pk)
+        except MediaError as exc:
+            log.info("engagement: post %s: no insights (%s)", post["id"], exc)
+        except Exception as exc:
+            error = classify(exc, publisher.ig, configure_sent=False, action="reading insights")
+            if isinstance(error, (PublishCoolDown, PublishPaused)):
+                raise error from None
+            log.info("engagement: post %s: no insights (%s)", post["id"], error)
+    return {
+        "taken_at": iso(moment),
+        "slot_hours": slot,
+        "media_id": media_id,
+        "likes": int(media.like_count or 0),
+        "comments": int(media.comment_count or 0),
+        # views exist for videos and reels only; a photo reports 0
+        "views": int(media.view_count) if media.view_count else None,
+        "plays": int(media.play_count) if media.play_count else None,
+        "insights": insights,
+    }
+
+
+# -- summaries -----------------------------------------------------------------------
+
+
+def _growth(first: dict[str, Any], last: dict[str, Any], key: str) -> int | None:
+    if first.get(key) is None or last.get(key) is None:
+        return None
+    return last[key] - first[key]
+
+
+def engagement_summary(store: Store) -> dict[str, Any]:
+    """Latest counts and growth (latest minus first snapshot) per post and per topic."""
+    posts: list[dict[str, Any]] = []
+    topics: dict[str, dict[str, Any]] = defaultdict(lambda: {"posts": 0, "likes": 0, "comments": 0, "views": 0,
+                                                             "likes_growth": 0, "comments_growth": 0, "snapshots": 0})
+    for post in store.posts(status="published"):
+        snapshots = sorted(post.get("engagement") or [], key=lambda s: s["taken_at"])
+        if not snapshots:
+            continue
+        first, last = snapshots[0], snapshots[-1]
+        row = {
+            "post_id": post["id"],
+            "topic": post["topic"],
+            "media_id": last.get("media_id"),
+            "url": (post.get("publication") or {}).get("url"),
+            "snapshots": len(snapshots),
+            "last_taken_at": last["taken_at"],
+            "likes": last.get("likes"),
+            "comments": last.get("comments"),
+            "views": last.get("views"),
+            "likes_growth": _growth(first, last, "likes"),
+            "comments_growth": _growth(first, last, "comments"),
+        }
+        posts.append(row)
+        topic = topics[post["topic"]]
+        topic["posts"] += 1
+        topic["snapshots"] += len(snapshots)
+        for key in ("likes", "comments", "views", "likes_growth", "comments_growth"):
+            topic[key] += row[key] or 0
+    return {"posts": posts, "topics": {slug: dict(values) for slug, values in sorted(topics.items())}}
+
+
+def plot_engagement(store: Store, out_path: Path) -> Path:
+    """A PNG with one panel per topic: likes (solid) and comments (dashed) of
+    each post against hours since publication."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[str, list[float], list[int], list[int]]]] = defaultdict(list)
+    for post in store.posts(status="published"):
+        published = _published_at(post)
+        snapshots = sorted(post.get("engagement") or [], key=lambda s: s["taken_at"])
+        if published is None or not snapshots:
+            continue
+        hours = [(parse_iso(s["taken_at"]) - published).total_seconds() / 3600 for s in snapshots]
+        series[post["topic"]].append((post["id"], hours, [s.get("likes") or 0 for s in snapshots],
+                                      [s.get("comments") or 0 for s in snapshots]))
+    topics = sorted(series) or ["(no engagement yet)"]
+    fig, axes = plt.subplots(len(topics), 1, figsize=(8, 2.8 * len(topics)), squeeze=False)
+    for ax, topic in zip(axes[:, 0], topics):
+        for post_id, hours, likes, comments in series.get(topic, []):
+            line, = ax.plot(hours, likes, marker="o", label=f"{post_id} likes")
+            ax.plot(hours, comments, linestyle="--", marker=".", color=line.get_color(), label=f"{post_id} comments")
+        ax.set_title(topic)
+        ax.set_xlabel("hours since publication")
+        ax.set_ylabel("count")
+        if series.get(topic):
+            ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
