@@ -189,3 +189,9 @@ def test_error_raised_inside_template_names_line(tmp_path):
     with pytest.raises(TemplateError) as info:
         render(TOPICS["coral"], templates_dir=tmp_path)
     assert f"line {number}:" in str(info.value)
+
+
+def test_generator_label_ending_in_a_full_stop_is_not_doubled():
+    caption = render(TOPICS["coral"], label="VQGAN+CLIP, steered by text.")
+    assert caption.splitlines()[0].endswith("VQGAN+CLIP, steered by text.")
+    assert ".." not in caption
