@@ -44,9 +44,9 @@ def command(
 
     \b
     Examples:
-        bot posters --topic coral-reefs --size A3 --out coral.pdf
+        bot posters --topic coral --size A3 --out coral.pdf
         bot posters --top 5 --size A2 --crop-marks --city berlin --out berlin.pdf
-        bot posters --post 20260301-180000-glaciers-ab12 --size 500x700 --out one.pdf --json
+        bot posters --post 20260301-180000-glacier-ab12 --size 500x700 --out one.pdf --json
     """
     from bot.posters import PosterOptions, render_posters, write_contact_sheet
     from bot.posters.render import check_options, check_out_path

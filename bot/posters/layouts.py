@@ -64,7 +64,6 @@ def artwork_qr(canvas: Canvas, page: Page, image: Image.Image, url: str, options
         min(page.trim_w_mm, page.trim_h_mm),
         distance_m=options.qr_distance_m,
         max_fraction=options.qr_max_fraction,
-        modules=symbol.modules,
     )
     plate_mm = code_mm * symbol.side_with_quiet_zone / symbol.modules
     plate_pt = mm_to_pt(plate_mm)

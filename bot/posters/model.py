@@ -35,7 +35,7 @@ class PosterOptions:
     # QR code sizing (see bot/posters/qr.py): the distance it should scan
     # from, and the largest share of the page's short side it may take.
     qr_distance_m: float = 2.0
-    qr_max_fraction: float = 0.4
+    qr_max_fraction: float = 0.35
     qr_corner: str = "bottom-right"
 
 

@@ -11,8 +11,9 @@ few dozen modules across; longer URLs mean smaller modules, so keep links
 short). Scanning from 2 m therefore wants a
 20 cm code, which would cover most of an A4 page and make the QR code, not the
 artwork, the poster. So the code is ``distance / 10`` capped to a fraction of
-the page's short side (40 % by default): it reaches the 2 m target from A1
-upwards and scales down with the page below that. The report states the
+the page's short side (35 % by default; with its quiet zone the white plate
+is then about 43 %): it reaches the 2 m target from A1 upwards and scales
+down with the page below that (A3: ~1 m, A2: ~1.5 m). The report states the
 distance each page's code is good for, so nobody is surprised on the street.
 """
 
@@ -31,6 +32,10 @@ QUIET_ZONE_MODULES = 4  # ISO/IEC 18004 minimum
 MIN_CODE_MM = 20.0
 # Scanning distance = SCAN_RATIO x code width (the 10:1 rule above).
 SCAN_RATIO = 10.0
+# The rule holds for short codes; past version 10 (57 modules, 119 bytes at
+# level H) the modules get too small to read from across a pavement.
+MAX_VERSION = 10
+MAX_URL_BYTES = 119
 
 
 @dataclass(frozen=True)
@@ -59,22 +64,23 @@ def encode(url: str) -> QRSymbol:
     code.add_data(url)
     try:
         code.make(fit=True)
-    except DataOverflowError:
+        fits = code.version <= MAX_VERSION
+    except (DataOverflowError, ValueError):  # qrcode raises ValueError past version 40
+        fits = False
+    if not fits:
         raise BadInput(
-            f"url {url[:60]!r}... is {len(url)} characters, too long for a QR code with error "
-            "correction H; use a shorter link"
-        ) from None
+            f"url {url[:60]!r}... is {len(url)} characters, too long for a QR code that scans from a "
+            f"distance (error correction H, at most version {MAX_VERSION}: {MAX_URL_BYTES} bytes); "
+            "use a shorter link"
+        )
     return QRSymbol(url=url, version=code.version, matrix=code.get_matrix())
 
 
-def code_width_mm(short_side_mm: float, *, distance_m: float, max_fraction: float, modules: int) -> float:
+def code_width_mm(short_side_mm: float, *, distance_m: float, max_fraction: float) -> float:
     """Width of the code itself (quiet zone excluded) on a page whose trim's
-    short side is ``short_side_mm``: ``distance / 10``, but the whole plate
-    (code plus quiet zone) at most ``max_fraction`` of the short side."""
-    target = distance_m * 1000.0 / SCAN_RATIO
-    plate_cap = max_fraction * short_side_mm
-    cap = plate_cap * modules / (modules + 2 * QUIET_ZONE_MODULES)
-    width = min(target, cap)
+    short side is ``short_side_mm``: ``distance / 10``, at most
+    ``max_fraction`` of the short side, never below 20 mm (BadInput)."""
+    width = min(distance_m * 1000.0 / SCAN_RATIO, max_fraction * short_side_mm)
     if width < MIN_CODE_MM:
         raise BadInput(
             f"the page's short side ({short_side_mm:g} mm) leaves only {width:.0f} mm for the QR code "
