@@ -1,0 +1,89 @@
+"""Engagement snapshots from the fake Instagram server: taken on a thinning
+schedule, appended (never overwritten), summarised and charted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_instagram import FakeInstagram  # noqa: E402
+from fake_instagram.harness import bot_env, run_cli, write_templates  # noqa: E402
+
+from bot.config import load_settings  # noqa: E402
+from bot.engagement import collect_engagement, due_slot, engagement_summary, plot_engagement  # noqa: E402
+from bot.store import Store, iso, parse_iso  # noqa: E402
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    with FakeInstagram(tmp_path / "tls") as server:
+        for name, value in bot_env(server, tmp_path / "state", write_templates(tmp_path / "templates")).items():
+            monkeypatch.setenv(name, value)
+        yield server
+
+
+def test_snapshots_accumulate_on_the_schedule(fake, tmp_path):
+    assert run_cli("post", "--topic", "reef")[0] == 0
+    settings = load_settings()
+    store = Store(settings.paths.state)
+    post = store.posts()[0]
+    published = parse_iso(post["publication"]["published_at"])
+
+    assert collect_engagement(settings, store, now=published + timedelta(minutes=30)) == []  # no slot yet
+    first = collect_engagement(settings, store, now=published + timedelta(hours=2))
+    assert [s["slot_hours"] for s in first] == [1.0]
+    assert collect_engagement(settings, store, now=published + timedelta(hours=3)) == []  # slot 1 h is taken
+    second = collect_engagement(settings, store, now=published + timedelta(hours=7))
+    assert [s["slot_hours"] for s in second] == [6.0]
+
+    snapshots = store.require_post(post["id"])["engagement"]
+    assert len(snapshots) == 2  # appended, the first kept as it was
+    assert snapshots[0]["likes"] == first[0]["likes"]
+    assert snapshots[1]["likes"] > snapshots[0]["likes"]
+    assert snapshots[1]["insights"]["inline_insights_node"]["metrics"]["reach_count"] == 100  # raw, business account
+    assert len(fake.calls("/info/")) == 2
+
+    summary = engagement_summary(store)
+    row = summary["posts"][0]
+    assert row["likes"] == snapshots[1]["likes"]
+    assert row["likes_growth"] == snapshots[1]["likes"] - snapshots[0]["likes"]
+    assert summary["topics"]["reef"]["posts"] == 1
+    chart = plot_engagement(store, tmp_path / "chart.png")
+    with Image.open(chart) as image:
+        assert image.format == "PNG"
+
+    code, out, err = run_cli("engagement", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["posts"][0]["snapshots"] == 2
+    assert Path(shown["chart"]).is_file()
+
+
+def test_a_long_pause_takes_one_snapshot_for_the_latest_slot():
+    published = parse_iso("2025-01-01T12:00:00+00:00")
+    post = {"status": "published", "engagement": [],
+            "publication": {"publisher": "instagram", "media_id": "1_2", "published_at": iso(published)}}
+    hours = [1.0, 6.0, 24.0, 72.0, 168.0, 720.0]
+    assert due_slot(post, hours, published + timedelta(days=10)) == 168.0
+    post["engagement"].append({"slot_hours": 168.0, "taken_at": iso(published + timedelta(days=10))})
+    assert due_slot(post, hours, published + timedelta(days=11)) is None
+    assert due_slot(post, hours, published + timedelta(days=31)) == 720.0
+    outbox = {**post, "engagement": [], "publication": {**post["publication"], "publisher": "outbox"}}
+    assert due_slot(outbox, hours, published + timedelta(days=31)) is None
+
+
+def test_throttled_collection_stops_and_keeps_the_post(fake, tmp_path):
+    assert run_cli("post", "--topic", "reef")[0] == 0
+    settings = load_settings()
+    store = Store(settings.paths.state)
+    published = parse_iso(store.posts()[0]["publication"]["published_at"])
+    fake.fail("/info/", "429")
+    assert collect_engagement(settings, store, now=published + timedelta(hours=2)) == []
+    assert store.posts()[0]["engagement"] == []
+    assert [s["slot_hours"] for s in collect_engagement(settings, store, now=published + timedelta(hours=2))] == [1.0]
