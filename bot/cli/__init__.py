@@ -22,6 +22,7 @@ from bot.plugins import load_plugins
 from generators.errors import GeneratorError, InvalidRequest, ModelUnavailable
 
 COMMAND_MODULES = [
+    "post",
     "config_cmd",
     "run",
     "status",
@@ -30,6 +31,9 @@ COMMAND_MODULES = [
     "posters",
     "login",
     "engagement",
+    "train",
+    "sample",
+    "dataset",
 ]
 
 ROOT_HELP = """DSTRTD: distorted-realism images of nature, posted with a sourced caption
