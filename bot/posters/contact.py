@@ -46,8 +46,10 @@ def write_contact_sheet(pdf_path: Path, out_path: Path, labels: list[str] | None
         draw.text((x, y + THUMB_HEIGHT + 6), f"{index + 1}. {label}", fill=(230, 230, 230), font=font)
     buffer = io.BytesIO()
     sheet.save(buffer, "PNG", optimize=False)
-    atomic_write_bytes(Path(out_path), buffer.getvalue())
-    return Path(out_path)
+    out_path = Path(out_path)
+    atomic_write_bytes(out_path, buffer.getvalue())
+    out_path.chmod(0o644)  # the atomic writer's temp file is private (0600)
+    return out_path
 
 
 def _thumbnails(pdf_path: Path) -> list[Image.Image]:
