@@ -34,6 +34,7 @@ and ``bot status`` read. One failing job never stops the scheduler.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -188,6 +189,7 @@ class Daemon:
     def _run_forever(self) -> int:
         # 3. signals: stop taking work, finish or park the current step, exit 0
         self._install_signal_handlers()
+        self._warm_up()
         # 4. the scheduler with its two jobs; the catch-up runs as a job so the
         #    heartbeat keeps ticking during a long post
         scheduler = BackgroundScheduler(
@@ -219,6 +221,18 @@ class Daemon:
         self._beat(status="stopped", stopped_at=iso(utcnow()), stop_reason=self._stop_reason)
         log.info("daemon: stopped (%s)", self._stop_reason)
         return 0
+
+    def _warm_up(self) -> None:
+        """Import the pipeline and the generator plugins (torch) now, not inside
+        the first slot, so that a post starts on time. A broken plugin is logged
+        here and reported again by the post that needs it."""
+        try:
+            import bot.pipeline  # noqa: F401
+            from generators import generator_names
+
+            log.info("daemon: generators available: %s", ", ".join(generator_names()))
+        except Exception as exc:  # reported again, and recorded, by the first post
+            log.error("daemon: loading the pipeline or generators failed: %s: %s", type(exc).__name__, exc)
 
     def _install_signal_handlers(self) -> None:
         def handle(signum: int, _frame: Any) -> None:
@@ -428,7 +442,7 @@ class Daemon:
     def _engagement_job(self) -> None:
         started = time.monotonic()
         try:
-            from bot import engagement
+            engagement = importlib.import_module("bot.engagement")
         except ModuleNotFoundError as exc:
             if exc.name != "bot.engagement":
                 raise
@@ -475,7 +489,9 @@ class Daemon:
         except BotError as exc:  # a broken store must not kill the job thread silently
             log.error("daemon: cannot record the %s run: %s", job, exc)
         summary = {k: row[k] for k in ("job", "outcome", "slot", "post_id", "finished_at")}
-        changes: dict[str, Any] = {"last_outcome": summary}
+        changes: dict[str, Any] = {}
+        if outcome != "not-started":  # a job that only saw the shutdown tells nothing new
+            changes["last_outcome"] = summary
         if error and outcome not in ("skipped", "unavailable", "not-started"):
             changes["last_error"] = {**summary, "error": error}
         self._beat(**changes)
@@ -491,13 +507,17 @@ class Daemon:
 
     def _beat(self, **changes: Any) -> None:
         """Rewrite state/heartbeat.json atomically with the latest tick and next run times."""
+        # Ask the scheduler first, outside our lock: a job finishing inside
+        # APScheduler's own locks calls back into here, so holding ours while
+        # waiting for theirs could deadlock.
+        next_runs = self._next_runs()
         with self._heartbeat_lock:
             self._heartbeat.update(changes)
             self._heartbeat.update(
                 pid=os.getpid(),
                 last_tick=iso(utcnow()),
                 heartbeat_seconds=self.settings.schedule.heartbeat_seconds,
-                next_runs=self._next_runs(),
+                next_runs=next_runs,
             )
             try:
                 atomic_write_text(heartbeat_path(self.state_dir), json.dumps(self._heartbeat, indent=1, sort_keys=True))

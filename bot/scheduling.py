@@ -22,8 +22,8 @@ topics first, ties broken by slug.
 
 ``engagement``: Thompson sampling (Thompson 1933; Russo et al., "A Tutorial on
 Thompson Sampling", 2018) over topics as a Bernoulli bandit. A published post
-with engagement data "did well" when its score is above the median score of all
-judged posts; topic ``t`` has a Beta(1 + wins_t, 1 + losses_t) posterior; each
+"did well" when its engagement a day after publication (likes + comments, see
+:func:`engagement_score`) is above the median of all posts judged so far; topic ``t`` has a Beta(1 + wins_t, 1 + losses_t) posterior; each
 choice draws one sample per topic and takes the largest. Topics with few posts
 have wide posteriors and still get drawn, so the account keeps exploring. The
 topic of the most recent post is left out when another is available, so the
@@ -177,24 +177,31 @@ def choose_least_recent(candidates: Iterable[str], last_posted: Mapping[str, dat
     )
 
 
+# Posts are compared at the same age: engagement keeps growing, so a week-old
+# post would always beat a day-old one on its latest numbers.
+JUDGE_AT_HOURS = 24.0
+
+
 def engagement_score(post: Mapping[str, Any]) -> float | None:
-    """One number for how well a published post did: the interactions in its
-    latest engagement snapshot (likes + comments + saves + shares; counts under
-    either ``likes`` or ``like_count`` style names). None when it has no snapshot."""
+    """One number for how well a published post did: likes + comments (+ saves
+    and shares when recorded) in its first snapshot taken at least
+    ``JUDGE_AT_HOURS`` after publication (``slot_hours`` of bot.engagement's
+    snapshots; the latest snapshot when they carry no age). None when the post
+    has no such snapshot yet: it is too young to judge."""
     snapshots = [s for s in post.get("engagement") or [] if isinstance(s, Mapping)]
-    if not snapshots:
+    aged = [s for s in snapshots if isinstance(s.get("slot_hours"), (int, float))]
+    if aged:
+        ripe = [s for s in aged if s["slot_hours"] >= JUDGE_AT_HOURS]
+        if not ripe:
+            return None
+        snapshot = min(ripe, key=lambda s: s["slot_hours"])
+    elif snapshots:
+        snapshot = snapshots[-1]
+    else:
         return None
-    latest = snapshots[-1]
-    total = 0.0
-    found = False
-    for name in ("likes", "comments", "saves", "shares"):
-        for key in (name, f"{name[:-1]}_count", f"{name}_count"):
-            value = latest.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                total += float(value)
-                found = True
-                break
-    return total if found else None
+    counts = [snapshot.get(k) for k in ("likes", "comments", "saves", "shares")]
+    numbers = [float(c) for c in counts if isinstance(c, (int, float)) and not isinstance(c, bool)]
+    return sum(numbers) if numbers else None
 
 
 def topic_outcomes(posts: Iterable[Mapping[str, Any]]) -> tuple[dict[str, tuple[int, int]], float | None]:
