@@ -1,0 +1,54 @@
+"""``bot train``: train a GAN on a folder of images (calls :func:`generators.gan.train`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bot.cli.common import emit_json, progress_bar
+
+
+@click.command("train")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Folder of jpg/png/webp images (searched recursively).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model folder to create (e.g. models/gan/NAME).")
+@click.option("--arch", type=click.Choice(["gan", "dcgan", "wgan", "wgan-gp", "diffaug"]), default=None, help="Architecture [default: diffaug, the small-data recipe].")
+@click.option("--img-size", type=int, default=None, help="Training size, a power of two from 32 to 512 [default: 64].")
+@click.option("--epochs", type=int, default=50, show_default=True, help="Total epochs (with --resume: the new total).")
+@click.option("--batch-size", type=int, default=None, help="[default: 64]")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: 2e-4; wgan 5e-5; wgan-gp 1e-4].")
+@click.option("--b1", type=float, default=None, help="Adam beta1 [default: 0.5; wgan-gp 0.0].")
+@click.option("--b2", type=float, default=None, help="Adam beta2 [default: 0.999; wgan-gp 0.9].")
+@click.option("--n-critic", type=int, default=None, help="Discriminator steps per generator step [default: 5 for wgan/wgan-gp, else 1].")
+@click.option("--clip-value", type=float, default=None, help="WGAN weight clipping [default: 0.01].")
+@click.option("--width", type=int, default=None, help="Channels at full resolution; doubles per halving [default: 32].")
+@click.option("--max-width", type=int, default=None, help="Channel cap [default: 256].")
+@click.option("--z-dim", type=int, default=None, help="Latent size [default: 128].")
+@click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
+@click.option("--sample-every", type=int, default=5, show_default=True, help="Sample grid every N epochs.")
+@click.option("--eval-every", type=int, default=5, show_default=True, help="Diagnostics (and best checkpoint) every N epochs.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch [default: torch's choice].")
+@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out exactly where it stopped.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def command(as_json: bool, **options) -> None:
+    """Train a GAN and write its model folder (weights, metrics.jsonl, sample
+    grids, loss curve, diagnostics report.json/report.png).
+
+    \b
+    Examples:
+        bot dataset crops --from sky.jpg --size 64 --count 1000 --out data/sky
+        bot train --data data/sky --out models/gan/sky --epochs 40
+        bot train --data data/sky --out models/gan/sky --epochs 80 --resume
+        bot train --data photos/ --arch dcgan --img-size 64 --out models/gan/oaks
+    """
+    from generators.gan import TrainConfig, train
+
+    config = TrainConfig(**options)
+    with progress_bar("train") as progress:
+        summary = train(config, progress=progress)
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"model: {summary['out']} (best epoch {summary['best']['epoch'] if summary['best'] else '-'})")
+    for warning in summary["warnings"]:
+        click.echo(f"warning: {warning}")

@@ -1,0 +1,181 @@
+"""Training images: find, decode once, cache as one uint8 tensor.
+
+A user's folder of photos is messy, so nothing in it is fatal on its own:
+unreadable files, exact duplicates (same bytes) and images smaller than the
+training size are skipped and listed in a :class:`DatasetReport`. Only a folder
+with no usable image at all is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from generators.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+CACHE_VERSION = 1
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`load_images` used and what it skipped, and why."""
+
+    used: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    too_small: list[str] = field(default_factory=list)
+    cached: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "used": len(self.used),
+            "unreadable": self.unreadable,
+            "duplicates": self.duplicates,
+            "too_small": self.too_small,
+            "from_cache": self.cached,
+        }
+
+
+def find_image_files(data_dir: Path) -> list[Path]:
+    """Every jpg/jpeg/png/webp under ``data_dir`` (recursively), sorted so that
+    the dataset order, and hence a seeded run, does not depend on the file system."""
+    return sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(data_dir).parts))
+
+
+def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
+    """Largest centred square, resized to ``size`` with Lanczos (downscaling
+    only: smaller images are rejected before this)."""
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    return ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def check_data_dir(data_dir: Path) -> list[Path]:
+    """Raise :class:`InvalidRequest` for a missing or empty data folder."""
+    if not data_dir.is_dir():
+        raise InvalidRequest(f"--data {str(data_dir)!r}: no such folder; give a folder of jpg/png/webp images")
+    files = find_image_files(data_dir)
+    if not files:
+        raise InvalidRequest(
+            f"--data {str(data_dir)!r}: no jpg/png/webp images found (searched recursively); "
+            "`bot dataset crops --from IMAGE --out DIR` makes a training set from one large image"
+        )
+    return files
+
+
+def _cache_key(files: list[Path], size: int) -> str:
+    """Changes whenever a file is added, removed, replaced or touched, or the size changes."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}:{size}".encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_images(data_dir: Path, size: int, cache_dir: Path | None = None) -> tuple[torch.Tensor, DatasetReport]:
+    """Decode every usable image under ``data_dir`` to an ``(N, 3, size, size)``
+    uint8 tensor (kept as uint8 to save memory; batches are scaled to [-1, 1]).
+
+    With ``cache_dir`` the decoded tensor is stored there and reused while the
+    folder is unchanged, so a resumed or repeated run does not decode again.
+    """
+    files = check_data_dir(data_dir)
+    cache_path = cache_dir / f"data-{_cache_key(files, size)}.pt" if cache_dir else None
+    if cache_path and cache_path.exists():
+        try:
+            cached = torch.load(cache_path, weights_only=False)
+            report = DatasetReport(**cached["report"])
+            report.cached = True
+            return cached["images"], report
+        except Exception as exc:  # a broken cache is only a cache: decode again
+            log.warning("ignoring unreadable data cache %s: %s", cache_path, exc)
+
+    report = DatasetReport()
+    seen: set[str] = set()
+    arrays: list[np.ndarray] = []
+    for path in files:
+        rel = str(path.relative_to(data_dir))
+        try:
+            raw = path.read_bytes()
+            digest = hashlib.sha256(raw).hexdigest()
+            if digest in seen:
+                report.duplicates.append(rel)
+                continue
+            with Image.open(path) as image:
+                image.load()
+                if min(image.size) < size:
+                    report.too_small.append(f"{rel} ({image.size[0]}x{image.size[1]})")
+                    continue
+                arrays.append(np.asarray(center_crop_resize(image, size), dtype=np.uint8))
+            seen.add(digest)
+            report.used.append(rel)
+        except Exception as exc:  # PIL raises many kinds for a broken file
+            report.unreadable.append(f"{rel} ({type(exc).__name__})")
+
+    if not arrays:
+        reasons = []
+        if report.too_small:
+            reasons.append(f"{len(report.too_small)} smaller than --img-size {size} (e.g. {report.too_small[0]})")
+        if report.unreadable:
+            reasons.append(f"{len(report.unreadable)} unreadable (e.g. {report.unreadable[0]})")
+        raise InvalidRequest(
+            f"--data {str(data_dir)!r}: no usable image: {'; '.join(reasons) or 'all duplicates'}; "
+            f"images must be at least {size}x{size} pixels (lower --img-size or use larger images)"
+        )
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    if cache_path:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(".tmp")
+        torch.save({"images": images, "report": {k: v for k, v in report.__dict__.items() if k != "cached"}}, tmp)
+        tmp.replace(cache_path)
+    return images, report
+
+
+def to_float(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the range of the generator's tanh."""
+    return batch.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(batch: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255]."""
+    return batch.detach().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def make_crops(source: Path, out_dir: Path, size: int, count: int, seed: int = 0) -> dict:
+    """Cut ``count`` random ``size``x``size`` crops out of one large image into
+    ``out_dir`` as PNG files (``crop-00000.png`` ...). Seeded, so the same
+    arguments give the same crops. Returns a summary dict."""
+    if not source.is_file():
+        raise InvalidRequest(f"--from {str(source)!r}: no such file")
+    if size < 8:
+        raise InvalidRequest(f"--size {size}: must be at least 8 pixels")
+    if count < 1:
+        raise InvalidRequest(f"--count {count}: must be at least 1")
+    try:
+        with Image.open(source) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+    except Exception as exc:
+        raise InvalidRequest(f"--from {str(source)!r}: not a readable image ({exc})") from exc
+    width, height = image.size
+    if width < size or height < size:
+        raise InvalidRequest(f"--size {size}: larger than the image ({width}x{height})")
+    if out_dir.exists() and any(out_dir.glob("crop-*.png")):
+        raise InvalidRequest(f"--out {str(out_dir)!r}: already holds crops; choose an empty folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        left = int(rng.integers(0, width - size + 1))
+        top = int(rng.integers(0, height - size + 1))
+        image.crop((left, top, left + size, top + size)).save(out_dir / f"crop-{i:05d}.png")
+    summary = {"source": str(source), "out": str(out_dir), "size": size, "count": count, "seed": seed}
+    (out_dir / "crops.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,221 @@
+"""Generator and discriminator networks for every architecture ``bot train`` offers.
+
+Architectures (``ARCHS``) and what each one implements:
+
+- ``gan``: the original fully connected GAN (Goodfellow et al. 2014, "Generative
+  Adversarial Nets"), as in eriklindernoren/PyTorch-GAN ``gan.py`` which the
+  second seed trained on Hubble images: MLP generator with batch norm, MLP
+  discriminator with a sigmoid output, binary cross-entropy.
+- ``dcgan``: Radford et al. 2016, "Unsupervised Representation Learning with Deep
+  Convolutional GANs": transposed-convolution generator with batch norm and
+  ReLU, strided-convolution discriminator with LeakyReLU, BCE.
+- ``wgan``: Arjovsky et al. 2017, "Wasserstein GAN": the DCGAN networks with a
+  linear critic (no sigmoid), weight clipping and RMSprop.
+- ``wgan-gp``: Gulrajani et al. 2017, "Improved Training of Wasserstein GANs":
+  the same critic without batch norm (the gradient penalty is per sample) and
+  a gradient penalty instead of clipping.
+- ``diffaug``: the small-data recipe and the default. Discriminator with
+  spectral normalisation (Miyato et al. 2018, "Spectral Normalization for GANs"),
+  hinge loss (Lim & Ye 2017, "Geometric GAN"; Miyato et al. 2018), Differentiable
+  Augmentation of real and fake images (Zhao et al. 2020, "Differentiable
+  Augmentation for Data-Efficient GAN Training"), an exponential moving average
+  of the generator weights used for sampling (Karras et al. 2018, "Progressive
+  Growing of GANs"; Yazici et al. 2019, "The Unusual Effectiveness of Averaging in
+  GAN Training"), and a resize-convolution generator (Odena et al. 2016,
+  "Deconvolution and Checkerboard Artifacts").
+
+Every network is built from ``ModelSpec`` alone, so a saved ``config.json``
+rebuilds the same network for sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import spectral_norm
+
+ARCHS = ("gan", "dcgan", "wgan", "wgan-gp", "diffaug")
+DEFAULT_ARCH = "diffaug"
+MIN_SIZE, MAX_SIZE = 32, 512
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that fixes the shape of the two networks.
+
+    ``width`` is the channel count of the generator's last (full-resolution)
+    block; the count doubles at every halving of the resolution up to
+    ``max_width``. A checkpoint can only resume into the same spec.
+    """
+
+    arch: str = DEFAULT_ARCH
+    img_size: int = 64
+    z_dim: int = 128
+    width: int = 32
+    max_width: int = 256
+    channels: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def channels_at(spec: ModelSpec, resolution: int) -> int:
+    """Channels of the feature map at ``resolution``: ``width`` at full size,
+    doubling with every halving, capped at ``max_width``."""
+    return min(spec.max_width, spec.width * (spec.img_size // resolution))
+
+
+def _resolutions(spec: ModelSpec) -> list[int]:
+    """4, 8, ..., img_size."""
+    return [2**k for k in range(2, int(math.log2(spec.img_size)) + 1)]
+
+
+# --- generators -------------------------------------------------------------
+
+
+class MLPGenerator(nn.Module):
+    """Fully connected generator of the original GAN (PyTorch-GAN ``gan.py`` layout)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        hidden = [128, 256, 512, 1024]
+        layers: list[nn.Module] = []
+        previous = spec.z_dim
+        for i, size in enumerate(hidden):
+            layers.append(nn.Linear(previous, size))
+            if i > 0:
+                layers.append(nn.BatchNorm1d(size, 0.8))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            previous = size
+        layers += [nn.Linear(previous, spec.channels * spec.img_size**2), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        return self.net(z).view(z.shape[0], s.channels, s.img_size, s.img_size)
+
+
+class ConvGenerator(nn.Module):
+    """DCGAN generator: project z to 4x4, then double the resolution per block.
+
+    ``resize_conv`` selects nearest-neighbour upsampling + 3x3 convolution
+    (Odena et al. 2016) instead of a 4x4 stride-2 transposed convolution
+    (Radford et al. 2016); it avoids checkerboard artefacts, which matter on
+    a dark sky with point sources.
+    """
+
+    def __init__(self, spec: ModelSpec, resize_conv: bool = False):
+        super().__init__()
+        self.spec = spec
+        resolutions = _resolutions(spec)
+        first = channels_at(spec, 4)
+        self.project = nn.Sequential(
+            nn.ConvTranspose2d(spec.z_dim, first, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(first),
+            nn.ReLU(inplace=True),
+        )
+        blocks: list[nn.Module] = []
+        for res in resolutions[1:]:
+            c_in, c_out = channels_at(spec, res // 2), channels_at(spec, res)
+            if resize_conv:
+                up: list[nn.Module] = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
+            else:
+                up = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
+            blocks.append(nn.Sequential(*up, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)))
+        self.blocks = nn.Sequential(*blocks)
+        self.to_rgb = nn.Sequential(nn.Conv2d(spec.width, spec.channels, 3, 1, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.project(z.view(z.shape[0], -1, 1, 1))
+        return self.to_rgb(self.blocks(x))
+
+
+# --- discriminators -----------------------------------------------------------
+
+
+class MLPDiscriminator(nn.Module):
+    """Fully connected discriminator of the original GAN; outputs logits."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(spec.channels * spec.img_size**2, 512),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(512, 256),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(256, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).view(-1)
+
+
+class ConvDiscriminator(nn.Module):
+    """Strided-convolution discriminator halving the resolution down to 4x4.
+
+    ``norm`` is ``"batch"`` (DCGAN, WGAN), ``"none"`` (WGAN-GP: batch norm
+    would couple the samples the gradient penalty treats separately) or
+    ``"spectral"`` (every layer spectrally normalised, Miyato et al. 2018).
+    The output is an unbounded score; the loss applies the sigmoid where the
+    architecture has one (numerically stabler than a Sigmoid layer).
+    """
+
+    def __init__(self, spec: ModelSpec, norm: str = "batch"):
+        super().__init__()
+        wrap = spectral_norm if norm == "spectral" else (lambda m: m)
+        layers: list[nn.Module] = [wrap(nn.Conv2d(spec.channels, spec.width, 3, 1, 1)), nn.LeakyReLU(0.2, inplace=True)]
+        for res in reversed(_resolutions(spec)[1:]):
+            c_in, c_out = channels_at(spec, res), channels_at(spec, res // 2)
+            layers.append(wrap(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=norm != "batch")))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+        layers += [wrap(nn.Conv2d(channels_at(spec, 4), 1, 4, 1, 0))]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).view(-1)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        weight = getattr(module, "weight_orig", module.weight)
+        nn.init.normal_(weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def build_generator(spec: ModelSpec) -> nn.Module:
+    """The generator of ``spec.arch``, initialised with the current torch RNG."""
+    if spec.arch == "gan":
+        net: nn.Module = MLPGenerator(spec)
+    else:
+        net = ConvGenerator(spec, resize_conv=spec.arch == "diffaug")
+    net.apply(_init_weights)
+    return net
+
+
+def build_discriminator(spec: ModelSpec) -> nn.Module:
+    """The discriminator (critic) of ``spec.arch``."""
+    if spec.arch == "gan":
+        net: nn.Module = MLPDiscriminator(spec)
+    else:
+        norm = {"dcgan": "batch", "wgan": "batch", "wgan-gp": "none", "diffaug": "spectral"}[spec.arch]
+        net = ConvDiscriminator(spec, norm=norm)
+    if spec.arch != "diffaug":  # spectral norm keeps PyTorch's default init (Miyato et al.)
+        net.apply(_init_weights)
+    return net

@@ -1,0 +1,140 @@
+"""Sampling a trained model folder: deterministic per seed, upscaled with Lanczos.
+
+Image ``i`` of ``sample(model, n, seed)`` is drawn from the latent of seed
+``seed + i`` alone and the generator runs in eval mode (batch norm uses its
+running statistics), so an image depends on its seed only, never on ``n`` or
+on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from generators.errors import CorruptModel, InvalidRequest, ModelUnavailable
+from generators.gan.data import to_uint8
+from generators.gan.models import ModelSpec, build_generator
+
+WEIGHTS = "generator.safetensors"
+MAX_OUTPUT_SIZE = 4096
+
+
+@dataclass
+class LoadedModel:
+    """A generator ready to sample, with what identifies it."""
+
+    path: Path
+    spec: ModelSpec
+    generator: torch.nn.Module
+    sha256: str
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_model(model_dir: Path) -> None:
+    """:class:`ModelUnavailable` (naming the command that trains one) when the
+    folder or its weights are missing."""
+    if not (model_dir / WEIGHTS).exists() or not (model_dir / "config.json").exists():
+        raise ModelUnavailable(
+            f"no trained GAN at {str(model_dir)!r} (needs config.json and {WEIGHTS}); train one with "
+            f"`bot train --data DIR --out {model_dir}` (e.g. `bot dataset crops --from IMAGE --size 128 --count 2000 --out DIR` first)"
+        )
+
+
+def load_model(model_dir: Path) -> LoadedModel:
+    """Rebuild the generator from ``config.json`` and load ``generator.safetensors``.
+
+    Raises :class:`ModelUnavailable` when missing and :class:`CorruptModel`
+    when a file is unreadable or the weights do not fit the configuration.
+    """
+    model_dir = Path(model_dir)
+    check_model(model_dir)
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        spec = ModelSpec.from_dict(config["spec"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptModel(f"{str(model_dir / 'config.json')!r} is not a valid GAN config ({exc})") from exc
+    weights = model_dir / WEIGHTS
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptModel(f"{str(weights)!r} is not readable safetensors ({exc}); train or copy the model again") from exc
+    generator = build_generator(spec)
+    try:
+        generator.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CorruptModel(f"{str(weights)!r} does not match {spec} from config.json: {str(exc)[:300]}") from exc
+    generator.eval().requires_grad_(False)
+    return LoadedModel(path=model_dir, spec=spec, generator=generator, sha256=_sha256(weights))
+
+
+def check_sample_args(n: int, seed: int, size: int | None) -> None:
+    if n < 1:
+        raise InvalidRequest(f"--n {n}: must be at least 1")
+    if seed < 0:
+        raise InvalidRequest(f"--seed {seed}: must be 0 or more")
+    if size is not None and not (16 <= size <= MAX_OUTPUT_SIZE):
+        raise InvalidRequest(f"--size {size}: must be from 16 to {MAX_OUTPUT_SIZE} pixels")
+
+
+@torch.no_grad()
+def sample_tensor(model: LoadedModel, seeds: list[int]) -> torch.Tensor:
+    """uint8 (N,3,H,W) images at the native size, one per seed."""
+    z = torch.stack([torch.randn(model.spec.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    return to_uint8(model.generator(z))
+
+
+def upscale(image: Image.Image, size: int) -> Image.Image:
+    """Resize to ``size`` x ``size`` with Lanczos, the quality resampler in
+    Pillow (sharper than bicubic, with little ringing on point sources)."""
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def sample(model: LoadedModel, n: int, seed: int, size: int | None = None) -> list[Image.Image]:
+    """``n`` PIL images for seeds ``seed .. seed+n-1``, upscaled to ``size`` when given."""
+    check_sample_args(n, seed, size)
+    batch = sample_tensor(model, [seed + i for i in range(n)])
+    images = [Image.fromarray(t.permute(1, 2, 0).numpy()) for t in batch]
+    return [upscale(im, size) for im in images] if size else images
+
+
+def sample_to_dir(model_dir: Path, out_dir: Path, n: int, seed: int, size: int | None = None) -> list[Path]:
+    """Write ``sample-<seed>.png`` files; returns their paths."""
+    check_sample_args(n, seed, size)
+    model = load_model(model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(sample(model, n, seed, size)):
+        path = out_dir / f"sample-{seed + i}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def resolve_model_dir(model: str, models_dir: str | Path | None) -> Path:
+    """A model given as a folder path, or as a name under ``<models_dir>/gan/``.
+
+    A value containing a path separator, or naming an existing folder, is a
+    path; otherwise it is a name (``hubble-128`` -> ``models/gan/hubble-128``).
+    """
+    if not model:
+        raise InvalidRequest("model: empty; give a model name under models/gan/ or a model folder path")
+    as_path = Path(model).expanduser()
+    if as_path.is_dir() or "/" in model or "\\" in model or models_dir is None:
+        return as_path
+    return Path(models_dir) / "gan" / model

@@ -1,0 +1,531 @@
+"""Training a GAN on a folder of images: ``train(TrainConfig(...))``.
+
+One loop, read top to bottom (in the style of nanoGPT's train.py): one
+checkpoint dict holds everything (``checkpoint.pt``: both networks, the EMA
+generator, both optimisers, the epoch, the RNG state, the history), and
+``--resume`` reads it back key for key, so a resumed seeded run produces the
+same numbers as an uninterrupted one.
+
+The output folder (a "model folder") holds:
+
+- ``config.json``        the network spec and training settings (rebuilds the generator)
+- ``generator.safetensors``  the best generator so far by KID (EMA weights for ``diffaug``)
+- ``generator-last.safetensors``  the generator of the last epoch
+- ``checkpoint.pt``      full training state for ``--resume`` (not needed to sample)
+- ``metrics.jsonl``      one line per epoch: G loss, D loss, D accuracy on real and fake, ...
+- ``samples/epoch-NNNN.png``  sample grids from a fixed set of latents
+- ``loss_curve.png``, ``report.json``, ``report.png``  the diagnostics
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from generators.errors import CorruptModel, InvalidRequest
+from generators.gan import diagnostics
+from generators.gan.augment import diff_augment
+from generators.gan.data import load_images, to_float, to_uint8
+from generators.gan.models import ARCHS, DEFAULT_ARCH, MAX_SIZE, MIN_SIZE, ModelSpec, build_discriminator, build_generator
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+Progress = Callable[[int, int, dict[str, Any]], None]
+
+# Per-architecture optimiser defaults, from each paper (and the second seed's
+# PyTorch-GAN runs): Adam 2e-4 (0.5, 0.999) for GAN/DCGAN (Radford et al.),
+# RMSprop 5e-5 with clip 0.01 and 5 critic steps for WGAN (Arjovsky et al.),
+# Adam 1e-4 (0.0, 0.9) with 5 critic steps and lambda 10 for WGAN-GP
+# (Gulrajani et al.), Adam 2e-4 (0.5, 0.999) for the diffaug recipe.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gan": {"lr": 2e-4, "b1": 0.5, "b2": 0.999, "n_critic": 1},
+    "dcgan": {"lr": 2e-4, "b1": 0.5, "b2": 0.999, "n_critic": 1},
+    "wgan": {"lr": 5e-5, "b1": 0.5, "b2": 0.999, "n_critic": 5},
+    "wgan-gp": {"lr": 1e-4, "b1": 0.0, "b2": 0.9, "n_critic": 5},
+    "diffaug": {"lr": 2e-4, "b1": 0.5, "b2": 0.999, "n_critic": 1},
+}
+SPEC_FIELDS = ("arch", "img_size", "z_dim", "width", "max_width")
+HYPER_FIELDS = ("lr", "b1", "b2", "n_critic", "clip_value", "gp_lambda", "batch_size", "seed", "ema_kimg")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run. ``None`` means "the architecture's default"
+    on a new run and "what the checkpoint used" on ``resume``."""
+
+    data: Path
+    out: Path
+    arch: str | None = None
+    img_size: int | None = None
+    z_dim: int | None = None
+    width: int | None = None
+    max_width: int | None = None
+    epochs: int = 50
+    batch_size: int | None = None
+    lr: float | None = None
+    b1: float | None = None
+    b2: float | None = None
+    n_critic: int | None = None
+    clip_value: float | None = None
+    gp_lambda: float | None = None
+    ema_kimg: float | None = None
+    seed: int | None = None
+    resume: bool = False
+    sample_every: int = 5
+    eval_every: int = 5
+    threads: int | None = None
+
+
+@dataclass
+class Resolved:
+    """A ``TrainConfig`` with every default filled in."""
+
+    spec: ModelSpec
+    batch_size: int
+    lr: float
+    b1: float
+    b2: float
+    n_critic: int
+    clip_value: float
+    gp_lambda: float
+    ema_kimg: float
+    seed: int
+
+    def hyper(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in HYPER_FIELDS}
+
+
+# --- 1. check inputs ----------------------------------------------------------
+
+
+def check_config(config: TrainConfig) -> Resolved:
+    """Every bad-input check, before anything is written. Returns the resolved settings."""
+    if config.arch is not None and config.arch not in ARCHS:
+        raise InvalidRequest(f"--arch {config.arch!r}: choose one of {', '.join(ARCHS)}")
+    if config.img_size is not None:
+        size = config.img_size
+        if size < MIN_SIZE or size > MAX_SIZE or size & (size - 1):
+            raise InvalidRequest(f"--img-size {size}: must be a power of two from {MIN_SIZE} to {MAX_SIZE} (32, 64, 128, 256, 512)")
+    for name in ("epochs", "batch_size", "z_dim", "width", "max_width", "n_critic", "sample_every", "eval_every"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise InvalidRequest(f"--{name.replace('_', '-')} {value}: must be at least 1")
+    if config.batch_size is not None and config.batch_size < 2:
+        raise InvalidRequest(f"--batch-size {config.batch_size}: must be at least 2 (batch norm and accuracy need two images)")
+    if config.lr is not None and not (0 < config.lr < 1):
+        raise InvalidRequest(f"--lr {config.lr}: must be between 0 and 1")
+    for name in ("b1", "b2"):
+        value = getattr(config, name)
+        if value is not None and not (0 <= value < 1):
+            raise InvalidRequest(f"--{name} {value}: must be in [0, 1)")
+    if config.clip_value is not None and config.clip_value <= 0:
+        raise InvalidRequest(f"--clip-value {config.clip_value}: must be positive")
+
+    checkpoint_path = config.out / "checkpoint.pt"
+    if config.resume:
+        if not checkpoint_path.exists():
+            raise InvalidRequest(f"--resume: {str(checkpoint_path)!r} does not exist; train without --resume first")
+        checkpoint = read_checkpoint(checkpoint_path)
+        resolved = _resolve_from_checkpoint(config, checkpoint)
+        if checkpoint["epoch"] >= config.epochs:
+            raise InvalidRequest(f"--epochs {config.epochs}: the checkpoint has already trained {checkpoint['epoch']} epochs; ask for more")
+    else:
+        if checkpoint_path.exists() or (config.out / "generator.safetensors").exists():
+            raise InvalidRequest(f"--out {str(config.out)!r}: already holds a trained model; pass --resume to continue it or choose another --out")
+        resolved = _resolve_new(config)
+    if config.out.exists() and not config.out.is_dir():
+        raise InvalidRequest(f"--out {str(config.out)!r}: exists and is not a folder")
+    return resolved
+
+
+def _resolve_new(config: TrainConfig) -> Resolved:
+    arch = config.arch or DEFAULT_ARCH
+    defaults = ARCH_DEFAULTS[arch]
+    spec = ModelSpec(
+        arch=arch,
+        img_size=config.img_size or 64,
+        z_dim=config.z_dim or 128,
+        width=config.width or 32,
+        max_width=config.max_width or 256,
+    )
+    return Resolved(
+        spec=spec,
+        batch_size=config.batch_size or 64,
+        lr=config.lr if config.lr is not None else defaults["lr"],
+        b1=config.b1 if config.b1 is not None else defaults["b1"],
+        b2=config.b2 if config.b2 is not None else defaults["b2"],
+        n_critic=config.n_critic or defaults["n_critic"],
+        clip_value=config.clip_value if config.clip_value is not None else 0.01,
+        gp_lambda=config.gp_lambda if config.gp_lambda is not None else 10.0,
+        ema_kimg=config.ema_kimg if config.ema_kimg is not None else 10.0,
+        seed=config.seed if config.seed is not None else 0,
+    )
+
+
+def _resolve_from_checkpoint(config: TrainConfig, checkpoint: dict) -> Resolved:
+    """On resume the checkpoint's settings win; an explicit different value is an error
+    (a different network cannot load these weights; a different optimiser setting
+    would silently break the "same numbers" promise)."""
+    spec = ModelSpec.from_dict(checkpoint["spec"])
+    hyper = checkpoint["hyper"]
+    mismatches = []
+    for name in SPEC_FIELDS:
+        given = getattr(config, name)
+        if given is not None and given != getattr(spec, name):
+            mismatches.append(f"--{name.replace('_', '-')} {given} (checkpoint: {getattr(spec, name)})")
+    for name in HYPER_FIELDS:
+        given = getattr(config, name)
+        if given is not None and given != hyper[name]:
+            mismatches.append(f"--{name.replace('_', '-')} {given} (checkpoint: {hyper[name]})")
+    if mismatches:
+        raise InvalidRequest(
+            f"--resume: incompatible with the checkpoint in {str(config.out)!r}: {'; '.join(mismatches)}; "
+            "leave these flags out to continue with the checkpoint's settings, or train into another --out"
+        )
+    return Resolved(spec=spec, **hyper)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load ``checkpoint.pt``; :class:`CorruptModel` if it is unreadable or not ours."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CorruptModel(f"{str(path)!r} is not a readable checkpoint ({type(exc).__name__}: {exc}); delete it and train again") from exc
+    required = {"format", "spec", "hyper", "epoch", "step", "generator", "discriminator", "generator_ema", "opt_g", "opt_d", "rng"}
+    if not isinstance(checkpoint, dict) or not required <= checkpoint.keys():
+        raise CorruptModel(f"{str(path)!r} is not a GAN checkpoint of this program (missing keys)")
+    if checkpoint["format"] != CHECKPOINT_FORMAT:
+        raise CorruptModel(f"{str(path)!r} has checkpoint format {checkpoint['format']}, this program reads {CHECKPOINT_FORMAT}")
+    return checkpoint
+
+
+# --- losses -------------------------------------------------------------------
+
+
+def d_loss_and_accuracy(arch: str, real_out: torch.Tensor, fake_out: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """Discriminator loss and its accuracy on the real and the fake batch.
+
+    Accuracy, as the first seed tracks it: the fraction of real images the
+    discriminator scores as real and of fakes it scores as fake. The decision
+    threshold is 0 on the logit (BCE) or the hinge margin centre (diffaug); a
+    Wasserstein critic's scores have no fixed origin, so its threshold is the
+    midpoint between the mean real and mean fake score.
+    """
+    if arch in ("gan", "dcgan"):
+        loss = F.binary_cross_entropy_with_logits(real_out, torch.ones_like(real_out)) + F.binary_cross_entropy_with_logits(fake_out, torch.zeros_like(fake_out))
+        loss = loss / 2
+        threshold = 0.0
+    elif arch == "diffaug":
+        loss = F.relu(1 - real_out).mean() + F.relu(1 + fake_out).mean()
+        threshold = 0.0
+    else:  # wgan, wgan-gp
+        loss = fake_out.mean() - real_out.mean()
+        threshold = float((real_out.mean() + fake_out.mean()) / 2)
+    acc_real = float((real_out.detach() > threshold).float().mean())
+    acc_fake = float((fake_out.detach() < threshold).float().mean())
+    return loss, acc_real, acc_fake
+
+
+def g_loss(arch: str, fake_out: torch.Tensor) -> torch.Tensor:
+    """Non-saturating BCE for GAN/DCGAN (Goodfellow et al.), -D(G(z)) otherwise."""
+    if arch in ("gan", "dcgan"):
+        return F.binary_cross_entropy_with_logits(fake_out, torch.ones_like(fake_out))
+    return -fake_out.mean()
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """(||grad D(x_hat)|| - 1)^2 on random interpolates (Gulrajani et al. 2017)."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    grad = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)[0]
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, batch_size: int, images_seen: int, ema_kimg: float) -> None:
+    """Exponential moving average of the generator weights with the half-life
+    in images and the ramp-up of Karras et al. 2020 (StyleGAN2-ADA): the
+    half-life is at most 5% of the images seen so far, so an early EMA is not
+    stuck near the random initialisation."""
+    half_life = min(ema_kimg * 1000, images_seen * 0.05)
+    beta = 0.5 ** (batch_size / max(half_life, 1e-8))
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - beta)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def sampling_generator(resolved: Resolved, G: nn.Module, G_ema: nn.Module) -> nn.Module:
+    """The network whose samples we show and keep: the EMA for diffaug."""
+    return G_ema if resolved.spec.arch == "diffaug" else G
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Images in [-1, 1] from latents, in eval mode (batch-independent)."""
+    was_training = G.training
+    G.eval()
+    out = torch.cat([G(z[i : i + batch]) for i in range(0, len(z), batch)])
+    G.train(was_training)
+    return out
+
+
+def latents(n: int, z_dim: int, seed: int) -> torch.Tensor:
+    """Latents from a private RNG, so sampling never disturbs the training RNG."""
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
+    """A PNG grid of images in [-1, 1] (torchvision's make_grid)."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    nrow = nrow or int(math.ceil(math.sqrt(len(images))))
+    grid = make_grid(to_uint8(images), nrow=nrow, padding=2, pad_value=64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    """loss_curve.png: G and D loss per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["g_loss"] for h in history], label="generator loss")
+    ax.plot(epochs, [h["d_loss"] for h in history], label="discriminator loss")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def export_generator(G: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """Generator weights only, as safetensors (what sampling and the bundle need)."""
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().contiguous().clone() for k, v in G.state_dict().items()}
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _truncate_metrics(path: Path, epoch: int) -> list[dict]:
+    """Keep the metrics lines up to ``epoch`` (a run stopped after writing a line
+    but before its checkpoint must not leave a duplicate) and return them."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["epoch"] <= epoch]
+    _atomic_text("".join(json.dumps(r) + "\n" for r in rows), path)
+    return rows
+
+
+# --- the training run ---------------------------------------------------------
+
+
+def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Train (or resume) and return a summary: output folder, epochs, best epoch,
+    final metrics and diagnostics warnings."""
+    # 1. check inputs (nothing written yet)
+    resolved = check_config(config)
+    spec = resolved.spec
+    images, data_report = load_images(config.data, spec.img_size, cache_dir=config.out / "cache")
+    if len(images) < 2:
+        raise InvalidRequest(f"--data {str(config.data)!r}: only {len(images)} usable image; at least 2 are needed")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    # 2. build networks and optimisers (seeded), or read them back from the checkpoint
+    torch.manual_seed(resolved.seed)
+    G, D = build_generator(spec), build_discriminator(spec)
+    G_ema = copy.deepcopy(G).requires_grad_(False)
+    if spec.arch == "wgan":
+        opt_g = torch.optim.RMSprop(G.parameters(), lr=resolved.lr)
+        opt_d = torch.optim.RMSprop(D.parameters(), lr=resolved.lr)
+    else:
+        opt_g = torch.optim.Adam(G.parameters(), lr=resolved.lr, betas=(resolved.b1, resolved.b2))
+        opt_d = torch.optim.Adam(D.parameters(), lr=resolved.lr, betas=(resolved.b1, resolved.b2))
+    start_epoch, step, evaluations, best = 0, 0, [], None
+    metrics_path = config.out / "metrics.jsonl"
+    history: list[dict] = []
+    if config.resume:
+        checkpoint = read_checkpoint(config.out / "checkpoint.pt")
+        G.load_state_dict(checkpoint["generator"])
+        D.load_state_dict(checkpoint["discriminator"])
+        G_ema.load_state_dict(checkpoint["generator_ema"])
+        opt_g.load_state_dict(checkpoint["opt_g"])
+        opt_d.load_state_dict(checkpoint["opt_d"])
+        torch.set_rng_state(checkpoint["rng"])
+        start_epoch, step = checkpoint["epoch"], checkpoint["step"]
+        evaluations, best = checkpoint["evaluations"], checkpoint["best"]
+        history = _truncate_metrics(metrics_path, start_epoch)
+    else:
+        config.out.mkdir(parents=True, exist_ok=True)
+        metrics_path.unlink(missing_ok=True)
+    _atomic_text(json.dumps({"spec": spec.to_dict(), "hyper": resolved.hyper(), "data": str(config.data), "data_report": data_report.to_dict()}, indent=2), config.out / "config.json")
+
+    fixed_z = latents(64, spec.z_dim, seed=resolved.seed + 12345)
+    n_batches = len(images) // resolved.batch_size or 1
+    batch_size = min(resolved.batch_size, len(images))
+    total_steps = config.epochs * n_batches
+    augment = diff_augment if spec.arch == "diffaug" else (lambda x: x)
+
+    # 3. the loop: one epoch = one pass over the shuffled images
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        started = time.perf_counter()
+        sums = {"g_loss": 0.0, "d_loss": 0.0, "d_acc_real": 0.0, "d_acc_fake": 0.0}
+        d_steps = g_steps = 0
+        order = torch.randperm(len(images))
+        for b in range(n_batches):
+            real = to_float(images[order[b * batch_size : (b + 1) * batch_size]])
+            z = torch.randn(len(real), spec.z_dim)
+
+            # 3a. discriminator (critic) step
+            fake = G(z).detach()
+            real_out, fake_out = D(augment(real)), D(augment(fake))
+            loss_d, acc_real, acc_fake = d_loss_and_accuracy(spec.arch, real_out, fake_out)
+            if spec.arch == "wgan-gp":
+                loss_d = loss_d + resolved.gp_lambda * gradient_penalty(D, real, fake)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            if spec.arch == "wgan":  # the Lipschitz constraint by weight clipping (Arjovsky et al.)
+                for p in D.parameters():
+                    p.data.clamp_(-resolved.clip_value, resolved.clip_value)
+            sums["d_loss"] += loss_d.item()
+            sums["d_acc_real"] += acc_real
+            sums["d_acc_fake"] += acc_fake
+            d_steps += 1
+            step += 1
+
+            # 3b. generator step, every n_critic discriminator steps
+            if step % resolved.n_critic == 0:
+                loss_g = g_loss(spec.arch, D(augment(G(torch.randn(len(real), spec.z_dim)))))
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                opt_g.step()
+                update_ema(G_ema, G, len(real), step * len(real), resolved.ema_kimg)
+                sums["g_loss"] += loss_g.item()
+                g_steps += 1
+            if progress:
+                progress((epoch - 1) * n_batches + b + 1, total_steps, {"epoch": epoch, "d_loss": loss_d.item(), "g_loss": sums["g_loss"] / max(g_steps, 1)})
+
+        # 4. end of epoch: metrics, samples, evaluation, checkpoint
+        seconds = time.perf_counter() - started
+        row = {
+            "epoch": epoch,
+            "step": step,
+            "g_loss": sums["g_loss"] / max(g_steps, 1),
+            "d_loss": sums["d_loss"] / d_steps,
+            "d_acc_real": sums["d_acc_real"] / d_steps,
+            "d_acc_fake": sums["d_acc_fake"] / d_steps,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(d_steps * batch_size / seconds, 2),
+        }
+        sampler = sampling_generator(resolved, G, G_ema)
+        last_epoch = epoch == config.epochs
+        if epoch % config.sample_every == 0 or last_epoch or epoch == 1:
+            save_grid(generate(sampler, fixed_z), config.out / "samples" / f"epoch-{epoch:04d}.png", nrow=8)
+        report = None
+        if epoch % config.eval_every == 0 or last_epoch:
+            report = _evaluate(sampler, spec, images, history + [row], evaluations, epoch, resolved.seed)
+            row.update({"kid": evaluations[-1]["kid"], "kid_floor": evaluations[-1]["kid_floor"], "diversity": evaluations[-1]["diversity"]})
+            if best is None or evaluations[-1]["kid"] < best["kid"]:
+                best = {"epoch": epoch, "kid": evaluations[-1]["kid"]}
+                export_generator(sampler, config.out / "generator.safetensors", {"epoch": str(epoch), "kid": str(best["kid"])})
+        history.append(row)
+        with metrics_path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        export_generator(sampler, config.out / "generator-last.safetensors", {"epoch": str(epoch)})
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "spec": spec.to_dict(),
+            "hyper": resolved.hyper(),
+            "epoch": epoch,
+            "step": step,
+            "generator": G.state_dict(),
+            "discriminator": D.state_dict(),
+            "generator_ema": G_ema.state_dict(),
+            "opt_g": opt_g.state_dict(),
+            "opt_d": opt_d.state_dict(),
+            "rng": torch.get_rng_state(),
+            "evaluations": evaluations,
+            "best": best,
+        }
+        _atomic_save(checkpoint, config.out / "checkpoint.pt")
+        if report is not None:
+            _write_report(report, history, evaluations, best, config.out)
+        log.info("epoch %d/%d %s", epoch, config.epochs, json.dumps(row))
+
+    # 5. summary
+    final = json.loads((config.out / "report.json").read_text()) if (config.out / "report.json").exists() else {}
+    return {
+        "out": str(config.out),
+        "epochs": config.epochs,
+        "best": best,
+        "last": history[-1] if history else None,
+        "warnings": final.get("warnings", []),
+        "data": data_report.to_dict(),
+    }
+
+
+def _evaluate(sampler: nn.Module, spec: ModelSpec, images: torch.Tensor, history: list[dict], evaluations: list[dict], epoch: int, seed: int) -> dict:
+    """Run the diagnostics and append this epoch's numbers to ``evaluations``."""
+    counter = iter(range(1_000_000))
+
+    def sample_fn(n: int) -> torch.Tensor:
+        return generate(sampler, latents(n, spec.z_dim, seed=seed + 777 + next(counter)))
+
+    report = diagnostics.diagnose(sample_fn, images, history, evaluations)
+    m = report["measures"]
+    evaluations.append({"epoch": epoch, "kid": m["kid"]["value"], "kid_floor": m["kid"]["floor"], "diversity": m["diversity"]["value"]})
+    report["stopping"] = diagnostics.stopping_advice(evaluations)
+    return report
+
+
+def _write_report(report: dict, history: list[dict], evaluations: list[dict], best: dict | None, out: Path) -> None:
+    public = diagnostics.public(report)
+    public["best"] = best
+    public["epochs_trained"] = history[-1]["epoch"] if history else 0
+    _atomic_text(json.dumps(public, indent=2), out / "report.json")
+    diagnostics.plot_report(report, history, evaluations, out / "report.png")
+    plot_losses(history, out / "loss_curve.png")
+
+
+def config_fields() -> list[str]:
+    """Names of the :class:`TrainConfig` fields (for the CLI)."""
+    return [f.name for f in fields(TrainConfig)]
+
+
+__all__ = ["TrainConfig", "train", "read_checkpoint", "ARCH_DEFAULTS", "asdict"]
