@@ -131,7 +131,8 @@ def test_city_links_from_the_template(archive, tmp_path, capsys, monkeypatch):
 
 
 def test_text_output_says_which_posters_were_upscaled(archive, tmp_path, capsys):
-    code, stdout, stderr = run(capsys, "posters", "--post", "p4-glacier", "--size", "A4", "--out", str(tmp_path / "a.pdf"))
+    out = tmp_path / "a.pdf"
+    code, stdout, stderr = run(capsys, "posters", "--post", "p4-glacier", "--size", "A4", "--out", str(out))
     assert code == 0, stderr
     assert "p4-glacier: 300 dpi, upscaled x" in stdout and "from 160x200 px" in stdout
     assert "contact sheet:" in stdout

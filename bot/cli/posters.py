@@ -20,7 +20,9 @@ from bot.cli.common import AppContext, emit_json, pass_app
 @click.option("--crop-marks", is_flag=True, help="Add crop marks outside the bleed.")
 @click.option("--mark/--no-mark", default=None, help="Small account-name mark (default: posters.mark).")
 @click.option("--city", help="City for the per-poster link (posters.link_template's {city}).")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The PDF to write.")
+@click.option(
+    "--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The PDF to write."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
 def command(

@@ -19,12 +19,11 @@ from PIL import Image, UnidentifiedImageError
 from reportlab import rl_config
 from reportlab.pdfgen.canvas import Canvas
 
-import bot.posters.layouts  # noqa: F401  (registers the built-in layouts)
 from bot.errors import BadInput
 from bot.posters import qr
 from bot.posters.geometry import CROP_MARK_LENGTH_MM, Page, mm_to_pt, parse_size
-from bot.posters.layouts import Layout, get_layout
-from bot.posters.model import CORNERS, PageReport, PosterItem, PosterOptions, PosterReport
+from bot.posters.layouts import Layout, get_layout  # importing it registers the built-in layouts
+from bot.posters.model import CORNERS, PageReport, Placement, PosterItem, PosterOptions, PosterReport
 
 # Print shops ask for 300 dpi; tests of things other than resolution may lower
 # this module constant to keep big pages quick.
@@ -164,7 +163,7 @@ def _draw_pages(
             if options.crop_marks:
                 _draw_crop_marks(canvas, page)
             canvas.showPage()
-            report.pages.append(_page_report(number, item, page, options, placement))
+            report.pages.append(_page_report(number, item, page, placement))
     canvas.save()
     return report
 
@@ -176,7 +175,7 @@ def _load(image: Image.Image | Path) -> Image.Image:
         return opened.copy()
 
 
-def _page_report(number: int, item: PosterItem, page: Page, options: PosterOptions, placement) -> PageReport:
+def _page_report(number: int, item: PosterItem, page: Page, placement: Placement) -> PageReport:
     def rounded(pair: tuple[float, float]) -> tuple[float, float]:
         return (round(pair[0], 2), round(pair[1], 2))
 

@@ -138,12 +138,17 @@ def poster_url(settings: Settings, post: dict[str, Any], city: str | None) -> st
     if not template:
         return settings.account.url
     return template.format(
-        city=quote(city or "", safe=""), post_id=quote(post["id"], safe=""), topic=quote(str(post.get("topic")), safe="")
+        city=quote(city or "", safe=""),
+        post_id=quote(post["id"], safe=""),
+        topic=quote(str(post.get("topic")), safe=""),
     )
 
 
 def poster_items(settings: Settings, posts: list[dict[str, Any]], city: str | None) -> list[PosterItem]:
+    """One page per post: its archived original and its QR link."""
     return [
-        PosterItem(image=artwork_path(settings.paths.state, post), url=poster_url(settings, post, city), post_id=post["id"])
+        PosterItem(
+            image=artwork_path(settings.paths.state, post), url=poster_url(settings, post, city), post_id=post["id"]
+        )
         for post in posts
     ]
