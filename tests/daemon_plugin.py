@@ -5,7 +5,7 @@
   in ``$DAEMON_TEST_SLEEP`` seconds (default 0) with a progress call every
   0.05 s, so a test can kill the daemon mid-post or stop it mid-generation.
   Every generation appends a line to ``$BOT_PATHS_STATE/generations.log``.
-- publisher ``flaky``: the outbox publisher, but its first ``$DAEMON_TEST_FAILS``
+- publisher ``daemon-flaky``: the outbox publisher, but its first ``$DAEMON_TEST_FAILS``
   publish calls (counted in ``$BOT_PATHS_STATE/flaky-calls``, so the count
   survives restarts) raise a retryable PublishError before anything is sent.
 """
@@ -60,7 +60,7 @@ class SleepyGenerator:
 
 
 class FlakyPublisher(OutboxPublisher):
-    name = "flaky"
+    name = "daemon-flaky"
 
     def publish(self, submission):  # type: ignore[override]
         counter = _state() / "flaky-calls"
@@ -72,4 +72,4 @@ class FlakyPublisher(OutboxPublisher):
 
 
 register_generator("daemon-test", SleepyGenerator, "a sleepy test generator")
-register_publisher("flaky", FlakyPublisher)
+register_publisher("daemon-flaky", FlakyPublisher)

@@ -126,7 +126,7 @@ def test_sigterm_mid_generation_leaves_the_post_resumable(tmp_path) -> None:
 
 def test_a_publisher_failing_twice_then_succeeding_makes_one_post(tmp_path) -> None:
     env = make_environment(
-        tmp_path, BOT_SCHEDULE_CRON=cron_at(soon(4)), BOT_PUBLISH_PUBLISHER="flaky", DAEMON_TEST_FAILS="2"
+        tmp_path, BOT_SCHEDULE_CRON=cron_at(soon(4)), BOT_PUBLISH_PUBLISHER="daemon-flaky", DAEMON_TEST_FAILS="2"
     )
     state = tmp_path / "state"
     daemon = DaemonProcess(env)
@@ -148,7 +148,7 @@ def test_a_post_failing_every_attempt_stays_failed_and_shows_in_status(tmp_path)
     env = make_environment(
         tmp_path,
         BOT_SCHEDULE_CRON=cron_at(soon(4)),
-        BOT_PUBLISH_PUBLISHER="flaky",
+        BOT_PUBLISH_PUBLISHER="daemon-flaky",
         DAEMON_TEST_FAILS="99",
         BOT_PUBLISH_MAX_ATTEMPTS="2",
     )
