@@ -1,0 +1,258 @@
+"""The VQGAN+CLIP optimisation loop (Crowson 2021; Esser et al. 2021; Radford et al. 2021).
+
+Read it top to bottom in :func:`optimise`: a latent grid ``z`` (one per
+candidate) is quantised to the nearest VQGAN codebook vectors, decoded to an
+image, cut into augmented crops, scored by CLIP against the weighted prompts
+with the spherical-distance loss, and moved by Adam. The loss of every step is
+recorded; snapshots are kept at chosen steps; the loop stops at the hard cap or
+earlier when :class:`StopRule` finds the curve has flattened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from generators.vqgan_clip.clip_model import Perceptor
+from generators.vqgan_clip.cutouts import CutoutSettings, make_cutouts, make_cutouts_reference
+from generators.vqgan_clip.prompts import WeightedPrompt, prompt_loss
+from generators.vqgan_clip.vqgan import VQGAN
+
+Progress = Callable[[int, int, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Stop when the loss curve has flattened.
+
+    After at least ``min_steps`` steps (and ``2 * window``), compare the mean
+    loss of the last ``window`` steps with the mean of the ``window`` steps
+    before them; stop when it fell by less than ``min_delta``. The loss is the
+    mean over candidates. The defaults follow the seed's curves: 0.90 -> ~0.70
+    in the first ~180 steps, then ~0.02 per 200 steps, i.e. about 0.005 per
+    50 steps around step 250, so the rule stops near the 250-500 steps the seed
+    recommends; ``min_delta = 0`` only stops when the loss stops falling at all.
+    """
+
+    min_steps: int = 150
+    window: int = 50
+    min_delta: float = 0.004
+
+    def should_stop(self, curve: list[float]) -> bool:
+        t = len(curve)
+        if t < max(self.min_steps, 2 * self.window):
+            return False
+        recent = sum(curve[-self.window:]) / self.window
+        previous = sum(curve[-2 * self.window:-self.window]) / self.window
+        return previous - recent < self.min_delta
+
+
+@dataclass
+class RunSettings:
+    width: int = 256
+    height: int = 256
+    iterations: int = 500  # hard cap
+    learning_rate: float = 0.1  # the notebook's Adam step size on z
+    candidates: int = 1
+    cutouts: CutoutSettings = field(default_factory=CutoutSettings)
+    stop: StopRule | None = field(default_factory=StopRule)
+    snapshot_steps: tuple[int, ...] = ()
+    init_weight: float = 0.0
+    # Speed switches (see docs/vqgan_clip.md): "fast" = batched cutouts and
+    # channels-last; "precision" "auto" = bf16 autocast on CUDA, fp32 elsewhere;
+    # "compile" "auto" = torch.compile on CUDA only.
+    fast: bool = True
+    precision: str = "auto"
+    compile: str = "auto"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["snapshot_steps"] = list(self.snapshot_steps)
+        return data
+
+
+@dataclass
+class Outcome:
+    image: Image.Image  # the best candidate
+    best: int
+    scores: list[float]  # final prompt loss of each candidate on the whole image (lower is better)
+    curves: list[list[float]]  # per step, the loss of each candidate
+    stop_step: int
+    stopped_early: bool
+    snapshots: dict[int, Image.Image]
+    timings: dict[str, float]
+    candidates: list[Image.Image]
+
+
+class _ClampWithGrad(torch.autograd.Function):
+    """Clamp to [0, 1] but let a gradient through where it points back into the
+    range (Crowson's ``clamp_with_grad``), so saturated pixels can recover."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x.clamp(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (grad * (x - x.clamp(0, 1)) >= 0)
+
+
+def resolve_precision(settings: RunSettings, device: torch.device) -> torch.dtype:
+    if settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_models(vqgan: VQGAN, perceptor: Perceptor, settings: RunSettings, device: torch.device):
+    """Move models to ``device`` in the layout the fast path wants; return the
+    (possibly compiled) decode and image-embedding callables."""
+    if device.type == "cuda":
+        # TF32 matmuls/convs: fp32 range, 10-bit mantissa; the loss is computed in fp32.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    memory_format = torch.channels_last if settings.fast else torch.contiguous_format
+    vqgan.to(device=device, memory_format=memory_format)
+    decode: Callable[[torch.Tensor], torch.Tensor] = vqgan.decode
+    embed: Callable[[torch.Tensor], torch.Tensor] = perceptor.embed_images
+    use_compile = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
+    if settings.fast and use_compile:
+        decode = torch.compile(vqgan.decode, dynamic=False)
+        embed = torch.compile(perceptor.embed_images, dynamic=False)
+    return decode, embed
+
+
+def embed_prompts(perceptor: Perceptor, prompts: list[WeightedPrompt], image_prompts: list[tuple[torch.Tensor, float]],
+                  cut: CutoutSettings, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text prompts embed directly; an image prompt is embedded as the mean
+    distance over its own cutouts, i.e. ``count`` prompts of weight ``w / count``."""
+    embeds, weights = [], []
+    if prompts:
+        embeds.append(perceptor.embed_texts([p.text for p in prompts]))
+        weights += [p.weight for p in prompts]
+    with torch.no_grad():
+        for image, weight in image_prompts:
+            crops = make_cutouts(image[None], perceptor.input_size, cut, gen)
+            embeds.append(perceptor.embed_images(crops))
+            weights += [weight / crops.shape[0]] * crops.shape[0]
+    device = perceptor.mean.device
+    return torch.cat(embeds).float(), torch.tensor(weights, device=device, dtype=torch.float32)
+
+
+def initial_latent(vqgan: VQGAN, settings: RunSettings, init_image: torch.Tensor | None,
+                   gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Random codebook entries per cell (the notebook's one-hot @ codebook), or
+    the quantised encoding of the init image; one latent per candidate."""
+    f = vqgan.config.downsample_factor
+    h, w = settings.height // f, settings.width // f
+    with torch.no_grad():
+        if init_image is None:
+            indices = torch.randint(vqgan.config.n_embed, (settings.candidates, h, w), generator=gen, device=device)
+            z = vqgan.quantize.lookup(indices)
+        else:
+            z = vqgan.encode(init_image[None].to(device) * 2 - 1).repeat(settings.candidates, 1, 1, 1)
+    return z.float().contiguous()
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    array = image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def optimise(vqgan: VQGAN, perceptor: Perceptor, prompts: list[WeightedPrompt], settings: RunSettings, *,
+             seed: int, device: torch.device, image_prompts: list[tuple[torch.Tensor, float]] | None = None,
+             init_image: torch.Tensor | None = None, progress: Progress | None = None) -> Outcome:
+    """Run the optimisation; deterministic for a given seed, device and settings."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    # 1. one random generator on the device drives init, cutouts and noise
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dtype = resolve_precision(settings, device)
+    decode, embed = prepare_models(vqgan, perceptor, settings, device)
+    cut_size = perceptor.input_size
+    cutter = make_cutouts if settings.fast else make_cutouts_reference
+    memory_format = torch.channels_last if settings.fast else torch.contiguous_format
+
+    # 2. targets and starting point
+    prompt_embeds, weights = embed_prompts(perceptor, prompts, image_prompts or [], settings.cutouts, gen)
+    z = initial_latent(vqgan, settings, init_image, gen, device).requires_grad_(True)
+    z_start = z.detach().clone()
+    codebook = vqgan.quantize.embedding.weight
+    z_min = codebook.min(dim=0).values[None, :, None, None]
+    z_max = codebook.max(dim=0).values[None, :, None, None]
+    optimizer = torch.optim.Adam([z], lr=settings.learning_rate)
+
+    def synth(latent: torch.Tensor) -> torch.Tensor:
+        z_q = vqgan.quantize(latent).to(memory_format=memory_format)
+        with _autocast(device, dtype):
+            image = decode(z_q)
+        return _ClampWithGrad.apply(image.float().add(1).div(2))
+
+    def step_loss(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image = synth(latent)
+        crops = cutter(image, cut_size, settings.cutouts, gen)
+        with _autocast(device, dtype):
+            embeds = embed(crops)
+        embeds = embeds.float().view(settings.candidates, settings.cutouts.count, -1)
+        losses = prompt_loss(embeds, prompt_embeds, weights)
+        if settings.init_weight:
+            losses = losses + (latent - z_start).pow(2).mean(dim=(1, 2, 3)) * settings.init_weight / 2
+        return losses, image
+
+    timings["setup_s"] = time.perf_counter() - start
+
+    # 3. the loop
+    curves: list[list[float]] = []
+    mean_curve: list[float] = []
+    snapshots: dict[int, Image.Image] = {}
+    loop_start = time.perf_counter()
+    step, stopped_early = 0, False
+    for step in range(1, settings.iterations + 1):
+        optimizer.zero_grad(set_to_none=True)
+        losses, image = step_loss(z)
+        losses.sum().backward()
+        optimizer.step()
+        with torch.no_grad():
+            z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
+        values = losses.detach().float().cpu().tolist()
+        curves.append(values)
+        mean_curve.append(sum(values) / len(values))
+        if step in settings.snapshot_steps:
+            snapshots[step] = to_pil(image[int(torch.tensor(values).argmin())])
+        if progress:
+            progress(step, settings.iterations, {"loss": min(values)})
+        if settings.stop is not None and settings.stop.should_stop(mean_curve):
+            stopped_early = step < settings.iterations
+            break
+    timings["optimise_s"] = time.perf_counter() - loop_start
+    timings["seconds_per_iteration"] = timings["optimise_s"] / max(step, 1)
+
+    # 4. final images, scored on the whole (un-augmented) image; keep the best
+    with torch.no_grad():
+        final = synth(z)
+        whole = F.interpolate(final, size=(cut_size, cut_size), mode="bilinear", antialias=True, align_corners=False)
+        with _autocast(device, dtype):
+            scores_t = prompt_loss(embed(whole).float()[:, None, :], prompt_embeds, weights)
+        scores = scores_t.cpu().tolist()
+    best = min(range(len(scores)), key=scores.__getitem__)
+    images = [to_pil(img) for img in final]
+    timings["total_s"] = time.perf_counter() - start
+    return Outcome(
+        image=images[best], best=best, scores=scores, curves=curves, stop_step=step,
+        stopped_early=stopped_early, snapshots=snapshots, timings=timings, candidates=images,
+    )
