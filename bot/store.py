@@ -100,12 +100,23 @@ class AtomicJSONStorage(Storage):
         pass
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, payload: bytes, *, mode: int | None = None) -> None:
     """Write ``payload`` to ``path`` so that readers see the old file or the new
-    one, never a part: temp file in the same folder, fsync, rename, fsync folder."""
+    one, never a part: temp file in the same folder, fsync, rename, fsync folder.
+
+    The file gets ``mode``, or the usual mode of a new file (0666 less the
+    umask) rather than the owner-only mode ``mkstemp`` starts from.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode if mode is not None else 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()

@@ -98,3 +98,18 @@ def test_exclusive_lock_refuses_a_second_process_and_names_the_holder(state_dir:
         process.communicate("\n", timeout=30)
     with exclusive(state_dir, "post", "after release"):
         pass
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
+    import os
+
+    from bot.store import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.png", b"x")
+        atomic_write_bytes(tmp_path / "session.json", b"{}", mode=0o600)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "session.json").stat().st_mode & 0o777 == 0o600
