@@ -82,21 +82,11 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     (exit code, stdout, stderr) via click's runner so output is captured."""
     from click.testing import CliRunner
 
-    from bot.cli import cli, main
+    from bot.cli import main
 
-    _ensure_post_command(cli)
     runner = CliRunner()
     result = runner.invoke(_as_click(main), list(args), catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
-
-
-def _ensure_post_command(cli: Any) -> None:
-    # `bot post` is added to COMMAND_MODULES by the pipeline's owner; until
-    # then the tests add the same command object the module exposes.
-    if "post" not in cli.commands:
-        from bot.cli import post
-
-        cli.add_command(post.command)
 
 
 def _as_click(main: Any):
@@ -116,7 +106,7 @@ def spawn_cli(env: dict[str, str], *args: str) -> subprocess.Popen:
     """Start ``bot ARGS`` as a child process (with the test generator registered)."""
     code = (
         "import sys; sys.path.insert(0, %r); import fake_instagram.harness as h; "
-        "from bot.cli import cli, main; h._ensure_post_command(cli); main(sys.argv[1:])"
+        "from bot.cli import main; main(sys.argv[1:])"
     ) % str(REPO / "tests")
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")} | env
     return subprocess.Popen([sys.executable, "-c", code, *args], env=full_env, cwd=str(REPO),
