@@ -336,7 +336,7 @@ def _submission(settings: Settings, post: dict[str, Any], attempt_id: str) -> Su
         attempt_id=attempt_id,
         image_path=state / post["artefacts"]["instagram"],
         caption=(state / post["artefacts"]["caption"]).read_text(encoding="utf-8"),
-        metadata={"topic": post["topic"], "generator": post["generator"], "seed": post["seed"]},
+        metadata={"topic": post["topic"], "generator": post["generator"], "seed": post["seed"], "created_at": post["created_at"]},
         previous_attempt_ids=[a["id"] for a in post.get("attempts", [])],
     )
 
