@@ -251,9 +251,11 @@ class Daemon:
 
     def _post_job(self) -> None:
         """The cron job: post the slot this fire belongs to."""
+        # At least a minute of window: this fire is itself the evidence that a
+        # slot is due, even when a busy machine ran it a little late.
         slot_time = scheduling.due_slot(
             self.nominal, utcnow(),
-            grace_seconds=self.settings.schedule.grace_seconds,
+            grace_seconds=max(60, self.settings.schedule.grace_seconds),
             jitter_seconds=self.settings.schedule.jitter_seconds,
         )
         if slot_time is None:  # a fire outside any slot window (should not happen)

@@ -119,13 +119,24 @@ def due_slot(
     to ``jitter`` seconds), a late one after a misfire or a restart within the
     grace period, never an older one. ``trigger`` must be built without jitter.
     """
-    window = timedelta(seconds=grace_seconds + jitter_seconds)
-    cursor = now - window
+    # APScheduler 3 triggers only look forward, so look back through growing
+    # windows: a daily schedule needs a few steps, a 2-second one with hours of
+    # grace does not walk thousands of fire times.
+    limit = grace_seconds + jitter_seconds
+    width = min(limit, 1.0)
+    while True:
+        latest = _latest_fire(trigger, now - timedelta(seconds=width), now)
+        if latest is not None or width >= limit:
+            return latest
+        width = min(limit, width * 4)
+
+
+def _latest_fire(trigger: CronTrigger, start: datetime, end: datetime) -> datetime | None:
     latest = None
-    # Walk the fire times inside the window; a daily schedule has at most one or two.
+    cursor = start
     while True:
         fire = trigger.get_next_fire_time(None, cursor)
-        if fire is None or fire > now:
+        if fire is None or fire > end:
             return latest
         latest = fire
         cursor = fire + timedelta(microseconds=1)
