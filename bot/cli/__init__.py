@@ -34,6 +34,8 @@ COMMAND_MODULES = [
     "train",
     "sample",
     "dataset",
+    "generate",
+    "models",
 ]
 
 ROOT_HELP = """DSTRTD: distorted-realism images of nature, posted with a sourced caption

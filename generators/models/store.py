@@ -97,10 +97,12 @@ class ModelStore:
 
     def missing_message(self, name: str) -> str:
         if name in KNOWN_MODELS:
+            how = "--weights FILE" if KNOWN_MODELS[name].kind == "clip" else "--checkpoint CKPT --config YAML"
             return (f"model {name!r} is not installed in {self.root}; run: bot models fetch {name} "
-                    f"(or bot models import {name} FILE...)")
+                    f"(or: bot models import {name} {how})")
         return (f"model {name!r} is not installed in {self.root} and is not a known download; "
-                f"run: bot models import {name} FILE... (known: {', '.join(sorted(KNOWN_MODELS))})")
+                f"run: bot models import {name} --checkpoint CKPT --config YAML (VQGAN) or --weights FILE (CLIP); "
+                f"known downloads: {', '.join(sorted(KNOWN_MODELS))}")
 
     def spec(self, name: str) -> ModelSpec:
         if name not in KNOWN_MODELS:

@@ -44,7 +44,15 @@ def register_tiny_clip() -> str:
     return TINY_CLIP_NAME
 
 
-def official_checkpoint(model: VQGAN, extra_loss_keys: bool = True) -> dict[str, Any]:
+class HyperParameters:
+    """Stands for the non-tensor objects (callback states, hparams) that real
+    Lightning checkpoints pickle, which ``torch.load(weights_only=True)`` refuses."""
+
+    def __init__(self, **values: Any):
+        self.__dict__.update(values)
+
+
+def official_checkpoint(model: VQGAN, extra_loss_keys: bool = True, with_objects: bool = True) -> dict[str, Any]:
     """The model's weights in the layout of a taming-transformers Lightning
     checkpoint: a ``state_dict`` with the ``loss.*`` training weights beside the
     model's, plus the bookkeeping entries Lightning writes."""
@@ -52,7 +60,10 @@ def official_checkpoint(model: VQGAN, extra_loss_keys: bool = True) -> dict[str,
     if extra_loss_keys:
         state["loss.discriminator.main.0.weight"] = torch.randn(8, 3, 4, 4)
         state["loss.perceptual_loss.lin0.model.1.weight"] = torch.randn(1, 8, 1, 1)
-    return {"epoch": 3, "global_step": 1234, "pytorch-lightning_version": "1.0.8", "state_dict": state}
+    data: dict[str, Any] = {"epoch": 3, "global_step": 1234, "pytorch-lightning_version": "1.0.8", "state_dict": state}
+    if with_objects:
+        data["hparams"] = HyperParameters(base_learning_rate=4.5e-6)
+    return data
 
 
 def write_tiny_vqgan(folder: Path, seed: int = 0, cfg: VQGANConfig = TINY_VQGAN_CONFIG) -> tuple[Path, Path, VQGAN]:

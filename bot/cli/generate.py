@@ -1,0 +1,130 @@
+"""``bot generate``: make one image into a folder, without posting anything."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bot.cli.common import AppContext, emit_json, pass_app, progress_bar
+from bot.errors import BadInput
+
+
+def _parse_size(value: str) -> tuple[int, int]:
+    text = value.lower().strip()
+    try:
+        if "x" in text:
+            width, height = (int(part) for part in text.split("x", 1))
+        else:
+            width = height = int(text)
+    except ValueError:
+        raise BadInput(f"--size {value!r} is not a size; use e.g. 480 or 480x320 (multiples of 16)") from None
+    return width, height
+
+
+def _request_inputs(app: AppContext, prompt: str | None, topic: str | None) -> tuple[str, dict[str, Any], str | None]:
+    """Prompts and options from --prompt and/or --topic (the flag wins)."""
+    if topic is None:
+        return prompt or "", {}, None
+    from bot.topics import load_topics  # written alongside; imported only when needed
+
+    topics = load_topics(app.settings.paths.templates)
+    if topic not in topics:
+        raise BadInput(f"--topic {topic!r} is not a topic; known: {', '.join(topics)}")
+    chosen = topics[topic]
+    return prompt or chosen.prompts, dict(chosen.options), chosen.model
+
+
+@click.command("generate")
+@click.option("--prompt", help="Weighted prompts, e.g. 'coral reef:1 | blurry:-0.5'.")
+@click.option("--topic", help="Take the prompts and options of this topic (see `bot topics`).")
+@click.option("--size", default="480", show_default=True, help="Side, or WIDTHxHEIGHT; multiples of 16.")
+@click.option("--iterations", type=int, help="Hard cap on optimisation steps (the plateau rule may stop earlier).")
+@click.option("--cutouts", type=int, help="Crops CLIP scores per step.")
+@click.option("--candidates", type=int, help="Optimise N candidates in one batch, keep the best CLIP score.")
+@click.option("--stop", type=click.Choice(["plateau", "none"]), help="Stopping rule (default plateau).")
+@click.option("--snapshot", "snapshots", multiple=True, type=int, help="Also save the image at this step (repeatable).")
+@click.option("--init-image", type=click.Path(dir_okay=False), help="Start from this image instead of noise.")
+@click.option("--image-prompt", help="Image prompts, 'path:weight | path2:weight'.")
+@click.option("--profile", type=click.Choice(["auto", "cpu", "full"]), help="auto: 'cpu' on a CPU (smaller, faster).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--generator", "generator_name", default="vqgan-clip", show_default=True, help="Registered generator.")
+@click.option("--seed", type=int, help="Random seed (default: random, recorded in manifest.json).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for image.png etc.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@pass_app
+def command(app: AppContext, prompt: str | None, topic: str | None, size: str, iterations: int | None,
+            cutouts: int | None, candidates: int | None, stop: str | None, snapshots: tuple[int, ...],
+            init_image: str | None, image_prompt: str | None, profile: str | None, device: str,
+            generator_name: str, seed: int | None, out_dir: str, as_json: bool) -> None:
+    """Generate one image (VQGAN+CLIP by default) into --out: image.png,
+    loss_curve.png, snapshots/, manifest.json (everything needed to make it again).
+
+    \b
+    Examples:
+        bot generate --prompt "coral reef" --size 480 --iterations 500 --seed 7 --out out/reef
+        bot generate --topic coral --out out/coral --json
+        bot generate --prompt "glacier:1 | text:-0.5" --size 480x320 --candidates 3 --snapshot 250 --out out/g
+    """
+    from generators import GenerationRequest, get_generator
+
+    # 1. check inputs (nothing is written before the generator's check passes)
+    prompts, options, model = _request_inputs(app, prompt, topic)
+    width, height = _parse_size(size)
+    flags = {"iterations": iterations, "cutouts": cutouts, "candidates": candidates, "stop": stop,
+             "init_image": init_image, "image_prompts": image_prompt, "profile": profile}
+    options.update({k: v for k, v in flags.items() if v is not None})
+    options.update({"width": width, "height": height})
+    if snapshots:
+        options["snapshot_steps"] = list(snapshots)
+    seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
+    generator = get_generator(generator_name, app.settings.generator_config(generator_name))
+    with progress_bar("generating") as progress:
+        request = GenerationRequest(prompts=prompts, seed=seed, size=width, model=model, options=options,
+                                    device=device, progress=progress)
+        generator.check(request)
+        # 2. generate
+        result = generator.generate(request)
+    # 3. write the outputs
+    manifest = _write_outputs(Path(out_dir), result)
+    if as_json:
+        emit_json(manifest)
+    else:
+        click.echo(f"wrote {manifest['files']['image']} (seed {seed}, "
+                   f"{len(result.loss_curve or [])} steps, {result.timings.get('total_s', 0):.0f} s)")
+
+
+def _write_outputs(out: Path, result: Any) -> dict[str, Any]:
+    from bot.store import atomic_write_bytes, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"image": str(out / "image.png")}
+    atomic_write_bytes(out / "image.png", _png(result.image))
+    if result.loss_curve:
+        from bot.archive import plot_loss_curve
+
+        plot_loss_curve(result.loss_curve, result.loss_label, result.parameters.get("prompts", ""), out / "loss_curve.png")
+        files["loss_curve"] = str(out / "loss_curve.png")
+    for step, image in sorted(result.snapshots.items()):
+        (out / "snapshots").mkdir(exist_ok=True)
+        path = out / "snapshots" / f"step-{step:05d}.png"
+        atomic_write_bytes(path, _png(image))
+        files[f"snapshot_{step}"] = str(path)
+    manifest = {
+        "generator": result.generator, "seed": result.seed, "parameters": result.parameters,
+        "models": result.models, "timings": result.timings, "loss_label": result.loss_label,
+        "loss_curve": result.loss_curve, "extras": result.extras, "files": files,
+    }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    files["manifest"] = str(out / "manifest.json")
+    return manifest
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

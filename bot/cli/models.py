@@ -1,0 +1,112 @@
+"""``bot models``: the model store under ``models/`` (list, fetch, import, verify)."""
+
+from __future__ import annotations
+
+import click
+
+from bot.cli.common import AppContext, emit_json, pass_app, progress_bar
+from bot.errors import BadInput
+
+
+def _store(app: AppContext):
+    from generators.models import ModelStore
+
+    return ModelStore(app.settings.paths.models)
+
+
+@click.group("models")
+def command() -> None:
+    """Install and check the weights the generators need (sha256 manifest in models/)."""
+
+
+@command.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def list_models(app: AppContext, as_json: bool) -> None:
+    """List known and installed models.
+
+    \b
+    Examples:
+        bot models list
+        bot models list --json
+    """
+    rows = _store(app).list()
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        mark = "installed" if row["installed"] else "-"
+        click.echo(f"{row['name']:<28} {row['kind']:<6} {mark:<10} {row['description']}")
+
+
+@command.command("fetch")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Download and convert again even when installed.")
+@pass_app
+def fetch(app: AppContext, names: tuple[str, ...], force: bool) -> None:
+    """Download models from their official URLs, check sums, convert to safetensors.
+
+    An interrupted download resumes where it stopped on the next fetch.
+
+    \b
+    Examples:
+        bot models fetch vqgan_imagenet_f16_16384 clip_vit_b_32_openai
+    """
+    store = _store(app)
+    for name in names:
+        store.spec(name)  # unknown names fail before any download
+    for name in names:
+        with progress_bar(f"fetching {name}", enabled=None) as progress:
+            entry = store.fetch(name, progress=progress, force=force)
+        click.echo(f"{name}: installed ({', '.join(f['path'] for f in entry['files'].values())})")
+
+
+@command.command("import")
+@click.argument("name")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="VQGAN .ckpt (or .safetensors).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="VQGAN YAML config.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="CLIP weights (.safetensors/.bin/.pt).")
+@click.option("--clip-model", help="open_clip architecture of --weights (default: the known model's).")
+@click.option("--trust", is_flag=True, help="Allow a full (stubbed) unpickle of a checkpoint that is not a known official file.")
+@pass_app
+def import_(app: AppContext, name: str, checkpoint: str | None, config_file: str | None, weights: str | None,
+            clip_model: str | None, trust: bool) -> None:
+    """Install local files into the store under NAME.
+
+    \b
+    Examples:
+        bot models import vqgan_imagenet_f16_16384 --checkpoint last.ckpt --config model.yaml
+        bot models import clip_vit_b_32_openai --weights open_clip_model.safetensors
+        bot models import my_clip --weights w.safetensors --clip-model ViT-B-16
+    """
+    if weights and (checkpoint or config_file):
+        raise BadInput("give either --weights (CLIP) or --checkpoint and --config (VQGAN), not both")
+    if weights:
+        files, kind = {"weights": weights}, "clip"
+    elif checkpoint and config_file:
+        files, kind = {"checkpoint": checkpoint, "config": config_file}, "vqgan"
+    else:
+        raise BadInput("give --checkpoint and --config for a VQGAN, or --weights for CLIP")
+    entry = _store(app).import_files(name, files, kind=kind, open_clip_name=clip_model, trust=trust)
+    click.echo(f"{name}: installed ({', '.join(f['path'] for f in entry['files'].values())})")
+
+
+@command.command("verify")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def verify(app: AppContext, name: str | None, as_json: bool) -> int:
+    """Re-check installed files against the manifest's sha256 (exit 1 on a mismatch).
+
+    \b
+    Examples:
+        bot models verify
+        bot models verify vqgan_imagenet_f16_16384 --json
+    """
+    results = _store(app).verify(name)
+    if as_json:
+        emit_json(results)
+    else:
+        for result in results:
+            click.echo(f"{result['name']}: {'ok' if result['ok'] else '; '.join(result['problems'])}")
+    return 0 if all(r["ok"] for r in results) else 1

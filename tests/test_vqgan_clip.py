@@ -1,0 +1,198 @@
+"""The VQGAN+CLIP generator, with a tiny VQGAN and a tiny CLIP built in the test
+(same code paths as the real models: official checkpoint format, model store,
+open_clip)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from generators import GenerationRequest, InvalidRequest, ModelUnavailable, get_generator
+from generators.vqgan_clip.optimise import RunSettings, StopRule, optimise
+from generators.vqgan_clip.cutouts import CutoutSettings
+from generators.vqgan_clip.prompts import parse_prompts
+from generators.vqgan_clip.tiny import install_tiny_models
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> dict:
+    return install_tiny_models(tmp_path_factory.mktemp("store") / "models")
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_config):
+    return get_generator("vqgan-clip", tiny_config)
+
+
+def _request(prompts: str = "coral reef", seed: int = 1, **options) -> GenerationRequest:
+    base = {"iterations": 10, "cutouts": 8, "stop": "none"}
+    return GenerationRequest(prompts=prompts, seed=seed, size=32, device="cpu", options={**base, **options})
+
+
+def _loaded(generator, request):
+    plan = generator.plan(request)
+    vqgan, perceptor = generator._load(plan["models"], plan["device"])
+    return plan, vqgan, perceptor
+
+
+def test_parse_weighted_prompts():
+    prompts = parse_prompts("coral reef:1 | blurry:-0.5 | photo: a reef")
+    assert [(p.text, p.weight) for p in prompts] == [("coral reef", 1.0), ("blurry", -0.5), ("photo: a reef", 1.0)]
+
+
+@pytest.mark.slow
+def test_loss_falls_over_a_few_dozen_steps(generator):
+    result = generator.generate(_request(iterations=40, learning_rate=0.2))
+    curve = result.loss_curve
+    assert len(curve) == 40
+    assert result.loss_label == "spherical distance loss"
+    assert np.mean(curve[-8:]) < np.mean(curve[:8]) - 0.01
+
+
+def test_progress_reports_every_step_with_the_loss(generator):
+    seen = []
+    request = _request(iterations=4)
+    request.progress = lambda step, total, info: seen.append((step, total, info["loss"]))
+    result = generator.generate(request)
+    assert [s[0] for s in seen] == [1, 2, 3, 4] and all(s[1] == 4 for s in seen)
+    assert [s[2] for s in seen] == pytest.approx(result.loss_curve)
+
+
+def test_same_seed_same_image_other_seed_other_image(generator):
+    a = generator.generate(_request(seed=5, iterations=5))
+    b = generator.generate(_request(seed=5, iterations=5))
+    c = generator.generate(_request(seed=6, iterations=5))
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.loss_curve == b.loss_curve
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
+def test_result_carries_what_is_needed_to_regenerate(generator):
+    result = generator.generate(_request(iterations=6, snapshot_steps=[2, 4], width=48, height=32))
+    assert result.image.size == (48, 32)
+    assert sorted(result.snapshots) == [2, 4]
+    assert result.parameters["seed"] == 1 and result.parameters["iterations"] == 6
+    assert result.parameters["cutouts"]["count"] == 8
+    assert len(result.models["vqgan"]["sha256"]) == 64 and len(result.models["clip"]["sha256"]) == 64
+    assert result.extras["stop_step"] == 6 and result.extras["stopped_early"] is False
+    assert result.timings["optimise_s"] > 0
+    json.dumps(result.parameters)  # the manifest must be JSON
+
+
+def test_stop_rule_waits_for_a_plateau():
+    rule = StopRule(min_steps=20, window=10, min_delta=0.01)
+    falling = [1.0 - 0.005 * i for i in range(100)]  # 0.05 per window: keeps going
+    assert not any(rule.should_stop(falling[:t]) for t in range(1, 101))
+    # Falls fast for 60 steps, then flat: must not stop before step 60, must stop by 60 + 2 windows.
+    curve = [1.0 - 0.01 * i for i in range(60)] + [0.41] * 60
+    stops = [t for t in range(1, 121) if rule.should_stop(curve[:t])]
+    assert stops and 60 < stops[0] <= 80
+    assert not rule.should_stop(curve[:19])  # never before min_steps
+
+
+def test_plateau_stops_the_optimisation_and_reports_the_step(generator):
+    # learning rate 0: the loss is flat from the start, so the rule stops as soon as it may.
+    result = generator.generate(_request(iterations=50, stop="plateau", learning_rate=0.0,
+                                         stop_min_steps=12, stop_window=6, stop_min_delta=0.05))
+    assert result.extras["stop_step"] == 12 and result.extras["stopped_early"] is True
+    assert len(result.loss_curve) == 12
+
+
+def test_best_of_n_returns_the_best_scoring_candidate(generator):
+    request = _request(iterations=3)
+    plan, vqgan, perceptor = _loaded(generator, request)
+    settings = RunSettings(**{**plan["settings"].__dict__, "candidates": 3})
+    outcome = optimise(vqgan, perceptor, plan["prompts"], settings, seed=3, device=torch.device("cpu"))
+    assert len(outcome.candidates) == 3 and len(outcome.scores) == 3
+    assert outcome.best == int(np.argmin(outcome.scores))
+    assert np.array_equal(np.asarray(outcome.image), np.asarray(outcome.candidates[outcome.best]))
+    assert len(set(outcome.scores)) == 3  # distinct candidates really were optimised
+    # And through the generator: the reported curve is the best candidate's.
+    result = generator.generate(_request(iterations=3, candidates=3))
+    best = result.extras["best_candidate"]
+    assert result.extras["candidate_scores"][best] == min(result.extras["candidate_scores"])
+    assert result.loss_curve == result.extras["candidate_curves"][best]
+
+
+def test_batched_cutouts_cover_the_requested_crops():
+    from generators.vqgan_clip.cutouts import make_cutouts
+
+    image = torch.zeros(2, 3, 64, 64)
+    image[1] = 1.0
+    gen = torch.Generator().manual_seed(0)
+    crops = make_cutouts(image, 16, CutoutSettings(count=4, augment=False), gen)
+    assert crops.shape == (8, 3, 16, 16)
+    # crops 0-3 come from candidate 0 (black), 4-7 from candidate 1 (white)
+    assert crops[:4].abs().max() < 1e-6 and (crops[4:] - 1).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize(
+    "prompts, options, size, match",
+    [
+        ("", {}, 32, "prompt is empty"),
+        ("   ", {}, 32, "prompt is empty"),
+        ("reef | ", {}, 32, "empty prompt"),
+        ("reef:0", {}, 32, "all weights are zero"),
+        ("reef", {}, 40, "multiple of 16"),
+        ("reef", {"width": 48, "height": 30}, 32, "multiple of 16"),
+        ("reef", {"width": 16000, "height": 16000}, 32, "GiB"),
+        ("reef", {"cutouts": 0}, 32, "cutouts"),
+        ("reef", {"iterations": "many"}, 32, "iterations"),
+        ("reef", {"stop": "sometimes"}, 32, "plateau or none"),
+        ("reef", {"clip_model": "ViT-Q-99"}, 32, "not an open_clip architecture"),
+        ("reef", {"bogus": 1}, 32, "not known"),
+        ("reef", {"init_image": "/nonexistent.png"}, 32, "does not exist"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(generator, prompts, options, size, match):
+    request = GenerationRequest(prompts=prompts, seed=0, size=size, device="cpu",
+                                options={"iterations": 5, "cutouts": 4, **options})
+    request.progress = lambda *a: pytest.fail("work started")
+    with pytest.raises(InvalidRequest, match=match):
+        generator.check(request)
+    with pytest.raises(InvalidRequest, match=match):
+        generator.generate(request)
+
+
+def test_missing_weights_name_the_fix(tmp_path):
+    generator = get_generator("vqgan-clip", {"models_dir": str(tmp_path / "empty")})
+    with pytest.raises(ModelUnavailable, match="bot models fetch vqgan_imagenet_f16_16384"):
+        generator.check(GenerationRequest(prompts="coral reef", size=32, device="cpu"))
+    assert not (tmp_path / "empty").exists()
+
+
+def test_cpu_profile_shrinks_large_sizes(generator):
+    plan = generator.plan(GenerationRequest(prompts="reef", size=480, device="cpu", options={"profile": "cpu"}))
+    assert (plan["settings"].width, plan["settings"].height) == (256, 256)
+    assert plan["settings"].cutouts.count == 16 and "reduced" in plan["notes"][0]
+
+
+@pytest.mark.slow
+def test_cli_generate_writes_image_curve_and_manifest(tiny_config, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from bot.cli import cli
+
+    monkeypatch.setenv("BOT_PATHS_MODELS", tiny_config["models_dir"])
+    config = tmp_path / "bot.toml"
+    config.write_text(
+        "[generators.vqgan_clip]\n"
+        f"vqgan = \"{tiny_config['vqgan']}\"\nclip_model = \"{tiny_config['clip_model']}\"\n"
+        f"clip_weights = \"{tiny_config['clip_weights']}\"\n"
+    )
+    out = tmp_path / "out"
+    args = ["--config", str(config), "generate", "--prompt", "coral reef:1 | blurry:-0.5", "--size", "32x48",
+            "--iterations", "3", "--cutouts", "4", "--seed", "7", "--snapshot", "2", "--device", "cpu",
+            "--out", str(out), "--json"]
+    run = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert run.exit_code == 0, run.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 7 and len(manifest["loss_curve"]) == 3
+    assert (out / "image.png").is_file() and (out / "loss_curve.png").is_file()
+    assert (out / "snapshots" / "step-00002.png").is_file()
+    bad = CliRunner().invoke(cli, ["--config", str(config), "generate", "--prompt", "", "--out", str(tmp_path / "no")])
+    assert bad.exit_code != 0 and not (tmp_path / "no").exists()
