@@ -23,7 +23,7 @@ from PIL import Image
 from bot.errors import PublishError
 from bot.publish import register_publisher
 from bot.publish.outbox import OutboxPublisher
-from generators import GenerationRequest, GenerationResult, register_generator
+from generators import GenerationRequest, GenerationResult, ModelUnavailable, register_generator
 
 
 def _state() -> Path:
@@ -37,7 +37,9 @@ class SleepyGenerator:
         self.config = config
 
     def check(self, request: GenerationRequest) -> None:
-        """Nothing to check: no weights."""
+        """No weights needed, unless a topic's options pretend they are missing."""
+        if request.options.get("missing_weights"):
+            raise ModelUnavailable("daemon-test weights are missing; run `bot models fetch daemon-test`")
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         with open(_state() / "generations.log", "a", encoding="utf-8") as log:

@@ -29,13 +29,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def test_posts_each_slot_once_and_sigterm_stops_cleanly(tmp_path) -> None:
-    env = make_environment(tmp_path, BOT_SCHEDULE_CRON="*/3 * * * * *")
+    env = make_environment(
+        tmp_path, BOT_SCHEDULE_CRON="*/3 * * * * *", BOT_SCHEDULE_ENGAGEMENT_INTERVAL_MINUTES="0.02"
+    )
     state = tmp_path / "state"
     daemon = DaemonProcess(env)
     daemon.wait_for(lambda: len(published(state)) >= 3, "three posts", timeout=120)
     running = heartbeat(state)
     assert running["status"] == "running" and running["pid"] == daemon.process.pid
-    assert set(running["next_runs"]) >= {"post"}
+    assert set(running["next_runs"]) >= {"post", "engagement"}
 
     assert daemon.stop(signal.SIGTERM) == 0, daemon.output
     stopped = heartbeat(state)
@@ -57,6 +59,8 @@ def test_posts_each_slot_once_and_sigterm_stops_cleanly(tmp_path) -> None:
     # the runs table and stdout name each post
     runs = Counter(r["outcome"] for r in table(state, "runs") if r["job"] == "post")
     assert runs["published"] == len(posts)
+    # the engagement job ran on its own interval beside the posts (nothing on Instagram to read)
+    assert Counter(r["outcome"] for r in table(state, "runs") if r["job"] == "engagement")["collected"] >= 2
     for post in posts:
         assert f"post {post['id']}: slot {post['slot']} published" in daemon.output
     assert stopped["last_outcome"]["job"] == "post"

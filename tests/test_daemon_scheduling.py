@@ -5,6 +5,7 @@ slots, grace period, restarts)."""
 from __future__ import annotations
 
 import random
+import sys
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -184,3 +185,51 @@ def test_heartbeat_health() -> None:
     assert heartbeat_health(fresh, max_age_seconds=5, now=now)[0] is False
     assert heartbeat_health({**fresh, "status": "stopped"}, max_age_seconds=30, now=now)[0] is False
     assert heartbeat_health(None, max_age_seconds=30, now=now) == (False, "no heartbeat file: the daemon has not started here")
+
+
+def test_engagement_strategy_logs_and_stores_its_reasoning(once, caplog: pytest.LogCaptureFixture) -> None:
+    now = datetime.now(UTC)
+    daemon = once(
+        BOT_SCHEDULE_CRON=_cron_every_minute_at((now.second - 1) % 60),
+        BOT_SCHEDULE_GRACE_SECONDS="50",
+        BOT_SCHEDULE_STRATEGY="engagement",
+    )
+    with caplog.at_level("INFO", logger="bot.daemon"):
+        assert daemon.run(once=True) == 0
+    [slot] = daemon.store.rows("slots")
+    assert slot["topic_choice"]["strategy"] == "engagement"
+    assert sorted(slot["topic_choice"]["order"]) == ["ice", "reef"]
+    [post] = daemon.store.posts()
+    assert post["topic"] == slot["topic_choice"]["order"][0]
+    assert any("Thompson draw" in r.getMessage() and f"topic {post['topic']}" in r.getMessage() for r in caplog.records)
+
+
+def test_a_topic_whose_model_is_missing_is_passed_over_for_the_next(once, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    daemon = once(BOT_SCHEDULE_CRON=_cron_every_minute_at((now.second - 1) % 60), BOT_SCHEDULE_GRACE_SECONDS="50")
+    topics = tmp_path / "templates" / "topics.toml"
+    text = topics.read_text()
+    # reef comes first in the file but cannot be made here
+    topics.write_text(text.replace('generator = "daemon-test"\n', 'generator = "daemon-test"\noptions = { missing_weights = true }\n', 1))
+    assert daemon.run(once=True) == 0
+    [post] = daemon.store.posts()
+    assert post["topic"] == "ice" and post["status"] == "published"
+
+
+def test_a_failing_engagement_job_is_contained_and_recorded(once, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import bot.engagement
+
+    daemon = once(BOT_SCHEDULE_CRON="0 0 1 1 *")
+
+    def broken(settings, store):
+        raise RuntimeError("the API changed")
+
+    monkeypatch.setattr(bot.engagement, "collect_engagement", broken)
+    daemon._engagement_job()  # must not raise
+    [run] = daemon.store.rows("runs")
+    assert run["job"] == "engagement" and run["outcome"] == "failed" and "the API changed" in run["error"]
+    assert "the API changed" in read_heartbeat(tmp_path / "state")["last_error"]["error"]
+
+    monkeypatch.setitem(sys.modules, "bot.engagement", None)  # as if the module were not there
+    daemon._engagement_job()
+    assert [r["outcome"] for r in daemon.store.rows("runs")] == ["failed", "unavailable"]
