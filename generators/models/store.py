@@ -220,7 +220,7 @@ class ModelStore:
             received = have
             with open(part, "ab" if have else "wb") as out:
                 try:
-                    for chunk in response.iter_content(1 << 20):
+                    for chunk in response.iter_content(1 << 16):
                         out.write(chunk)
                         received += len(chunk)
                         if progress:

@@ -1,0 +1,217 @@
+"""The model store: fetch from a local HTTP server (full, resumed, truncated,
+wrong checksum), import, verify, and nothing half-written on failure."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from generators.errors import CorruptModel, InvalidRequest, ModelUnavailable
+from generators.models import KNOWN_MODELS, ModelSpec, ModelStore, SourceFile, register_known_model, sha256_file
+from generators.models.checkpoints import UntrustedCheckpoint
+from generators.vqgan_clip.tiny import write_tiny_clip, write_tiny_vqgan
+from generators.vqgan_clip.vqgan import VQGAN
+
+
+class _Server:
+    """Serves files from memory with Range support; can cut a response short."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.truncate_next: dict[str, int] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append((self.path, self.headers.get("Range")))
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                part = body[start:]
+                self.send_header("Content-Length", str(len(part)))
+                self.end_headers()
+                cut = server.truncate_next.pop(self.path, None)
+                self.wfile.write(part if cut is None else part[:cut])
+                self.wfile.flush()
+                if cut is not None:
+                    self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = _Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    ckpt, config, model = write_tiny_vqgan(folder / "vqgan")
+    return {"checkpoint": ckpt, "config": config, "model": model, "clip": write_tiny_clip(folder / "clip")}
+
+
+@pytest.fixture
+def tiny_spec(server, tiny_files):
+    """A known model served by the local server, with published sums."""
+    ckpt, config = tiny_files["checkpoint"].read_bytes(), tiny_files["config"].read_bytes()
+    server.files = {"/tiny/last.ckpt": ckpt, "/tiny/model.yaml": config}
+    spec = ModelSpec(
+        name="tiny_test_vqgan", kind="vqgan", description="tiny test model",
+        files=(
+            SourceFile("checkpoint", server.url + "/tiny/last.ckpt", "last.ckpt", sha256_file(tiny_files["checkpoint"])),
+            SourceFile("config", server.url + "/tiny/model.yaml", "model.yaml", sha256_file(tiny_files["config"])),
+        ),
+    )
+    register_known_model(spec)
+    yield spec
+    KNOWN_MODELS.pop(spec.name, None)
+
+
+def _store_contents(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if ".downloads" not in p.parts and p.name != ".store.lock"}
+
+
+def test_fetch_downloads_checks_converts_and_records(tmp_path, tiny_spec, tiny_files, server):
+    store = ModelStore(tmp_path / "models")
+    seen = []
+    entry = store.fetch(tiny_spec.name, progress=lambda done, total, info: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    paths = store.paths(tiny_spec.name)
+    assert paths["weights"].suffix == ".safetensors"
+    loaded = VQGAN.from_checkpoint(paths["weights"], paths["config"])
+    for key, value in tiny_files["model"].state_dict().items():
+        assert (loaded.state_dict()[key] == value).all(), key
+    manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
+    recorded = manifest["models"][tiny_spec.name]
+    assert recorded["files"]["weights"]["sha256"] == sha256_file(paths["weights"])
+    assert recorded["original"]["checkpoint"]["sha256_verified"] is True
+    assert entry == recorded
+    assert not (tmp_path / "models" / ".downloads" / tiny_spec.name).exists()
+    assert store.verify() == [{"name": tiny_spec.name, "ok": True, "problems": []}]
+    listed = {row["name"]: row for row in store.list()}
+    assert listed[tiny_spec.name]["installed"] and not listed["vqgan_imagenet_f16_16384"]["installed"]
+
+
+def test_fetch_resumes_a_partial_download_with_range(tmp_path, tiny_spec, server):
+    store = ModelStore(tmp_path / "models")
+    body = server.files["/tiny/last.ckpt"]
+    part = tmp_path / "models" / ".downloads" / tiny_spec.name / "last.ckpt.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(body[:1000])
+    store.fetch(tiny_spec.name)
+    assert ("/tiny/last.ckpt", "bytes=1000-") in server.requests
+    assert store.verify()[0]["ok"]
+
+
+def test_truncated_download_fails_clearly_keeps_the_store_clean_and_resumes(tmp_path, tiny_spec, server):
+    store = ModelStore(tmp_path / "models")
+    server.truncate_next["/tiny/last.ckpt"] = 500_000
+    with pytest.raises(CorruptModel, match="truncated|broke off"):
+        store.fetch(tiny_spec.name)
+    assert _store_contents(tmp_path / "models") == set()  # no model folder, no manifest
+    with pytest.raises(ModelUnavailable, match=f"bot models fetch {tiny_spec.name}"):
+        store.paths(tiny_spec.name)
+    part = tmp_path / "models" / ".downloads" / tiny_spec.name / "last.ckpt.part"
+    kept = part.stat().st_size
+    assert 0 < kept <= 500_000
+    store.fetch(tiny_spec.name)  # the next fetch resumes from the kept part
+    assert ("/tiny/last.ckpt", f"bytes={kept}-") in server.requests
+    assert store.verify()[0]["ok"]
+
+
+def test_checksum_mismatch_is_refused(tmp_path, tiny_spec, server):
+    server.files["/tiny/last.ckpt"] = server.files["/tiny/last.ckpt"][:-10] + b"0123456789"
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(CorruptModel, match="sha256"):
+        store.fetch(tiny_spec.name)
+    assert _store_contents(tmp_path / "models") == set()
+
+
+def test_config_mismatch_leaves_nothing_half_written(tmp_path, tiny_files):
+    bad_config = tmp_path / "bad.yaml"
+    data = yaml.safe_load(tiny_files["config"].read_text())
+    data["model"]["params"]["ddconfig"]["ch"] = 64
+    bad_config.write_text(yaml.safe_dump(data))
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(CorruptModel, match="do not match the config"):
+        store.import_files("mine", {"checkpoint": tiny_files["checkpoint"], "config": bad_config}, kind="vqgan", trust=True)
+    assert _store_contents(tmp_path / "models") == set()
+
+
+def test_import_refuses_an_unknown_pickle_unless_trusted(tmp_path, tiny_files):
+    store = ModelStore(tmp_path / "models")
+    files = {"checkpoint": tiny_files["checkpoint"], "config": tiny_files["config"]}
+    with pytest.raises(UntrustedCheckpoint):
+        store.import_files("mine", files, kind="vqgan")
+    assert _store_contents(tmp_path / "models") == set()
+    store.import_files("mine", files, kind="vqgan", trust=True)
+    assert store.verify("mine")[0]["ok"]
+
+
+def test_import_clip_and_unknown_architecture(tmp_path, tiny_files):
+    from generators.vqgan_clip.tiny import TINY_CLIP_NAME
+
+    store = ModelStore(tmp_path / "models")
+    store.import_files("clip", {"weights": tiny_files["clip"]}, kind="clip", open_clip_name=TINY_CLIP_NAME)
+    assert store.entry("clip")["open_clip_name"] == TINY_CLIP_NAME
+    with pytest.raises(InvalidRequest, match="not an open_clip architecture"):
+        store.import_files("clip2", {"weights": tiny_files["clip"]}, kind="clip", open_clip_name="ViT-Nope-1")
+    with pytest.raises(CorruptModel):  # tiny weights into a real architecture: shapes differ
+        store.import_files("clip3", {"weights": tiny_files["clip"]}, kind="clip", open_clip_name="RN50")
+    assert set(store.manifest()["models"]) == {"clip"}
+
+
+def test_verify_detects_a_changed_file(tmp_path, tiny_files):
+    store = ModelStore(tmp_path / "models")
+    store.import_files("mine", {"checkpoint": tiny_files["checkpoint"], "config": tiny_files["config"]},
+                       kind="vqgan", trust=True)
+    weights = store.paths("mine")["weights"]
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    result = store.verify("mine")[0]
+    assert not result["ok"] and "sha256" in result["problems"][0]
+
+
+def test_unknown_model_name_is_refused(tmp_path):
+    with pytest.raises(InvalidRequest, match="known models"):
+        ModelStore(tmp_path / "models").fetch("no_such_model")
+    assert not (tmp_path / "models").exists()
+
+
+def test_cli_models_list_json(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from bot.cli import cli
+
+    monkeypatch.setenv("BOT_PATHS_MODELS", str(tmp_path / "models"))
+    run = CliRunner().invoke(cli, ["models", "list", "--json"], catch_exceptions=False)
+    assert run.exit_code == 0
+    names = {row["name"] for row in json.loads(run.output)}
+    assert {"vqgan_imagenet_f16_16384", "vqgan_imagenet_f16_1024", "clip_vit_b_32_openai"} <= names
