@@ -14,6 +14,7 @@ from datetime import datetime
 import pytest
 
 from daemon_helpers import (
+    REPO,
     DaemonProcess,
     cron_at,
     generations,
@@ -173,3 +174,35 @@ def test_a_post_failing_every_attempt_stays_failed_and_shows_in_status(tmp_path)
     assert [(p["id"], p["status"]) for p in report["attention"]] == [(post["id"], "failed")]
     assert "injected failure 2" in report["daemon"]["heartbeat"]["last_error"]["error"]
     assert report["daemon"]["healthy"] is False and "stopped" in report["daemon"]["summary"]
+
+
+def test_the_daemon_posts_to_fake_instagram_and_collects_engagement(tmp_path) -> None:
+    """The real instagrapi client against tests/fake_instagram: one media per slot,
+    and the engagement job snapshots them on its interval."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from fake_instagram import FakeInstagram
+
+    with FakeInstagram(tmp_path / "tls") as fake:
+        env = make_environment(
+            tmp_path,
+            BOT_SCHEDULE_CRON="*/3 * * * * *",
+            BOT_SCHEDULE_ENGAGEMENT_INTERVAL_MINUTES="0.02",
+            BOT_INSTAGRAM_ENGAGEMENT_SCHEDULE_HOURS="0.0005",  # a snapshot ~2 s after publication
+            BOT_INSTAGRAM_COOLDOWN_SECONDS="3600",
+            **fake.env(),
+        )
+        state = tmp_path / "state"
+        daemon = DaemonProcess(env)
+        daemon.wait_for(
+            lambda: len(published(state)) >= 2 and all(p["engagement"] for p in published(state)[:2]),
+            "two posts on Instagram with engagement snapshots",
+            timeout=150,
+        )
+        assert daemon.stop() == 0, daemon.output
+        posts = published(state)
+        media_ids = [p["publication"]["media_id"] for p in posts]
+        assert all(p["publication"]["publisher"] == "instagram" for p in posts)
+        assert sorted(media_ids) == sorted(m["id"] for m in fake.medias)  # one media per post, none twice
+        assert len({p["slot"] for p in posts}) == len(posts)
+        assert len(fake.calls("/api/v1/media/configure/", "POST")) == len(posts)
+        assert all(isinstance(p["engagement"][0]["likes"], int) for p in posts[:2])
