@@ -174,6 +174,7 @@ def test_a_post_failing_every_attempt_stays_failed_and_shows_in_status(tmp_path)
     assert [(p["id"], p["status"]) for p in report["attention"]] == [(post["id"], "failed")]
     assert "injected failure 2" in report["daemon"]["heartbeat"]["last_error"]["error"]
     assert report["daemon"]["healthy"] is False and "stopped" in report["daemon"]["summary"]
+    assert any(post["id"] in alert and "failed" in alert for alert in report["alerts"])
 
 
 def test_the_daemon_posts_to_fake_instagram_and_collects_engagement(tmp_path) -> None:

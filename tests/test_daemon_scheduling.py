@@ -233,3 +233,19 @@ def test_a_failing_engagement_job_is_contained_and_recorded(once, monkeypatch: p
     monkeypatch.setitem(sys.modules, "bot.engagement", None)  # as if the module were not there
     daemon._engagement_job()
     assert [r["outcome"] for r in daemon.store.rows("runs")] == ["failed", "unavailable"]
+
+
+def test_status_shows_the_slots_posts_and_daemon_state(once, capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    now = datetime.now(UTC)
+    daemon = once(BOT_SCHEDULE_CRON=_cron_every_minute_at((now.second - 1) % 60), BOT_SCHEDULE_GRACE_SECONDS="50")
+    assert daemon.run(once=True) == 0
+    [post] = daemon.store.posts()
+    with pytest.raises(SystemExit) as exited:
+        main(["status"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert "daemon: NOT HEALTHY" in out and "--once finished" in out
+    assert "published posts: 1" in out and "posts needing attention: none" in out
+    assert f"done (attempts 1, post {post['id']})" in out

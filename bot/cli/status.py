@@ -45,8 +45,22 @@ def collect_status(app: AppContext) -> dict[str, Any]:
         "published": len(store.posts(status="published")),
         "slots": slot_rows(store)[:5],
         "runs": recent_runs(store, 5),
-        "alerts": store.rows("alerts")[-10:],
+        "alerts": _alerts(heartbeat, healthy, why, posts) + store.rows("alerts")[-10:],
     }
+
+
+def _alerts(heartbeat: dict[str, Any] | None, healthy: bool, why: str, posts: list[dict[str, Any]]) -> list[str]:
+    """What a person should act on, one sentence each."""
+    alerts = []
+    if heartbeat and heartbeat.get("status") == "running" and not healthy:
+        alerts.append(f"the daemon looks dead or stuck: {why}")
+    for post in posts:
+        message = (post.get("error") or {}).get("message", "") if isinstance(post.get("error"), dict) else ""
+        if post["status"] == "paused":
+            alerts.append(f"post {post['id']} is paused ({message}); run `bot login`, then `bot post`")
+        elif post["status"] == "failed":
+            alerts.append(f"post {post['id']} failed and will not be retried ({message})")
+    return alerts
 
 
 @click.command("status")
