@@ -129,7 +129,7 @@ class Daemon:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._post_lock = threading.Lock()
-        self._heartbeat_lock = threading.Lock()
+        self._heartbeat_lock = threading.RLock()  # re-entrant: a signal handler may beat mid-beat
         self._scheduler: BackgroundScheduler | None = None
         self._heartbeat: dict[str, Any] = {}
         self._last_failed = False
