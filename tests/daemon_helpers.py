@@ -84,9 +84,11 @@ class DaemonProcess:
     """``python -m bot run`` in the background, its output in a log file."""
 
     count = 0
+    started: list["DaemonProcess"] = []
 
     def __init__(self, env: dict[str, str], *args: str):
         DaemonProcess.count += 1
+        DaemonProcess.started.append(self)
         self.state = Path(env["BOT_PATHS_STATE"])
         self.log_path = self.state.parent / f"daemon-{DaemonProcess.count}.log"
         self._log = open(self.log_path, "w", encoding="utf-8")
@@ -154,3 +156,13 @@ def outbox(state: Path) -> list[str]:
 def generations(state: Path) -> int:
     path = state / "generations.log"
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def kill_leftovers() -> None:
+    """Kill every daemon a failed test left running."""
+    while DaemonProcess.started:
+        daemon = DaemonProcess.started.pop()
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(timeout=30)
+        daemon._log.close()

@@ -19,6 +19,7 @@ from daemon_helpers import (
     cron_at,
     generations,
     heartbeat,
+    kill_leftovers,
     make_environment,
     outbox,
     published,
@@ -27,6 +28,12 @@ from daemon_helpers import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_outlives_its_test():
+    yield
+    kill_leftovers()
 
 
 def test_posts_each_slot_once_and_sigterm_stops_cleanly(tmp_path) -> None:
