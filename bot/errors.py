@@ -43,6 +43,13 @@ class Busy(BotError):
     """Another process holds the lock this work needs."""
 
 
+class UnfinishedPost(BotError):
+    """A post for another topic is unfinished and must be finished first.
+
+    Not bad input: the state changed under the caller (a manual ``bot post``
+    beside the daemon, say), so trying again later is right (exit code 1)."""
+
+
 class PublishError(BotError):
     """A publisher failed. ``retryable`` says whether trying again later may help."""
 

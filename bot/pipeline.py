@@ -22,7 +22,7 @@ from typing import Any
 from bot import archive
 from bot.captions import check_caption, render_caption
 from bot.config import Settings
-from bot.errors import BadInput, BotError, PublishCoolDown, PublishError, PublishPaused
+from bot.errors import BadInput, BotError, PublishCoolDown, PublishError, PublishPaused, UnfinishedPost
 from bot.publish import Publisher, Submission, get_publisher, resolve_publisher_name
 from bot.store import Store, check_state_dir, exclusive, iso, parse_iso, utcnow
 from bot.topics import Topic, get_topic, load_topics
@@ -103,7 +103,7 @@ def _unfinished_post(store: Store, topic: str | None, *, manual: bool) -> dict[s
         return None
     post = unfinished[0]
     if topic is not None and post["topic"] != topic:
-        raise BadInput(
+        raise UnfinishedPost(
             f"post {post['id']} (topic {post['topic']!r}, status {post['status']}) is unfinished; "
             f"run `bot post` without --topic to finish it before starting a {topic!r} post"
         )
