@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,35 +20,14 @@ from typing import Any, Callable
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
-TOPIC = """
-[topics.{slug}]
-name = "{name}"
-subject = "a {low}"
-prompts = "a {low}:1"
-hashtags = ["dstrtdtest"]
-generator = "daemon-test"
-
-[[topics.{slug}.facts]]
-text = "A first fact about {low}."
-source = "NOAA"
-url = "https://www.noaa.gov/"
-
-[[topics.{slug}.facts]]
-text = "A second fact about {low}."
-source = "NASA"
-url = "https://www.nasa.gov/"
-"""
-
+from support import write_test_templates  # noqa: E402  (tests/ is on sys.path)
 
 def make_environment(tmp_path: Path, **settings: str) -> dict[str, str]:
     """Environment for a daemon on a fresh state folder under ``tmp_path``;
     ``settings`` are extra variables (``BOT_SCHEDULE_CRON=...``)."""
     templates = tmp_path / "templates"
     if not templates.exists():
-        templates.mkdir()
-        shutil.copy(REPO / "templates" / "caption.j2", templates / "caption.j2")
-        text = "".join(TOPIC.format(slug=s, name=n, low=n.lower()) for s, n in [("reef", "Reef"), ("ice", "Ice")])
-        (templates / "topics.toml").write_text(text, encoding="utf-8")
+        write_test_templates(templates, "daemon-test")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
     env.update(
         BOT_PATHS_STATE=str(tmp_path / "state"),

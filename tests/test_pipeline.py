@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +21,8 @@ from bot.errors import PublishError
 from bot.publish import Publication, register_publisher
 from bot.publish.outbox import OutboxPublisher
 from generators import GenerationRequest, GenerationResult, ModelUnavailable, register_generator
+from support import lock_held_elsewhere, write_test_templates
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 class PatternGenerator:
@@ -97,34 +95,9 @@ def _reset_fakes() -> None:
     FlakyPublisher.crash_after = 0
 
 
-TOPICS = """
-[topics.{slug}]
-name = "{name}"
-subject = "a {name_lower}"
-prompts = "a {name_lower}:1 | text:-0.5"
-hashtags = ["dstrtdtest"]
-generator = "test-pattern"
-
-[[topics.{slug}.facts]]
-text = "A first fact about {name_lower}."
-source = "NOAA"
-url = "https://www.noaa.gov/"
-
-[[topics.{slug}.facts]]
-text = "A second fact about {name_lower}."
-source = "NASA"
-url = "https://www.nasa.gov/"
-"""
-
-
 @pytest.fixture
 def templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "templates"
-    folder.mkdir()
-    for name in ("caption.j2",):
-        shutil.copy(REPO / "templates" / name, folder / name)
-    text = "".join(TOPICS.format(slug=s, name=n, name_lower=n.lower()) for s, n in [("reef", "Reef"), ("ice", "Ice")])
-    (folder / "topics.toml").write_text(text, encoding="utf-8")
+    folder = write_test_templates(tmp_path / "templates", "test-pattern")
     monkeypatch.setenv("BOT_PATHS_TEMPLATES", str(folder))
     monkeypatch.setenv("BOT_POSTERS_DPI", "300")
     monkeypatch.setenv("BOT_POSTERS_SIZE", "A5")  # the smallest page keeps the tests quick
@@ -270,26 +243,12 @@ def test_crash_after_publication_landed_is_recorded_not_repeated(state_dir: Path
 
 
 def test_a_post_in_progress_elsewhere_blocks_a_second_process(state_dir: Path, templates: Path) -> None:
-    holder = textwrap.dedent(
-        f"""
-        import sys
-        from pathlib import Path
-        from bot.store import exclusive
-        with exclusive(Path({str(state_dir)!r}), "post", "bot run"):
-            print("locked", flush=True)
-            sys.stdin.readline()
-        """
-    )
-    process = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(state_dir, "post", "bot run") as pid:
         run = subprocess.run(
             [sys.executable, "-m", "bot", "post", "--topic", "reef"], capture_output=True, text=True, timeout=120
         )
-    finally:
-        process.communicate("\n", timeout=30)
     assert run.returncode == 1
-    assert f"process {process.pid} (bot run" in run.stderr
+    assert f"process {pid} (bot run" in run.stderr
     assert records(state_dir) == []
 
 

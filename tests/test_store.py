@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from bot.errors import BadInput, Busy, StoreCorrupt
 from bot.store import Store, exclusive
+from support import lock_held_elsewhere
 
 
 def test_post_moves_through_states_with_history(state_dir: Path) -> None:
@@ -78,24 +76,10 @@ def test_last_posted_uses_publication_time(state_dir: Path) -> None:
 
 
 def test_exclusive_lock_refuses_a_second_process_and_names_the_holder(state_dir: Path) -> None:
-    holder = textwrap.dedent(
-        f"""
-        import sys, time
-        from pathlib import Path
-        from bot.store import exclusive
-        with exclusive(Path({str(state_dir)!r}), "post", "holder test"):
-            print("locked", flush=True)
-            sys.stdin.readline()
-        """
-    )
-    process = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout.readline().strip() == "locked"
-        with pytest.raises(Busy, match=f"process {process.pid} \\(holder test"):
+    with lock_held_elsewhere(state_dir, "post", "holder test") as pid:
+        with pytest.raises(Busy, match=f"process {pid} \\(holder test"):
             with exclusive(state_dir, "post", "second"):
                 pass
-    finally:
-        process.communicate("\n", timeout=30)
     with exclusive(state_dir, "post", "after release"):
         pass
 

@@ -5,7 +5,6 @@ against a :class:`FakeInstagram`, configured through BOT_* variables only."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from generators import GenerationRequest, GenerationResult, register_generator
+from support import write_test_templates
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,32 +38,8 @@ class SolidGenerator:
 
 register_generator("test-solid", SolidGenerator, "a solid test image made by the Instagram tests")
 
-TOPIC = """
-[topics.{slug}]
-name = "{name}"
-subject = "a {lower}"
-prompts = "a {lower}:1"
-hashtags = ["dstrtdtest"]
-generator = "test-solid"
-
-[[topics.{slug}.facts]]
-text = "A fact about {lower}."
-source = "NOAA"
-url = "https://www.noaa.gov/"
-
-[[topics.{slug}.facts]]
-text = "Another fact about {lower}."
-source = "NASA"
-url = "https://www.nasa.gov/"
-"""
-
-
 def write_templates(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "templates" / "caption.j2", folder / "caption.j2")
-    text = "".join(TOPIC.format(slug=s, name=n, lower=n.lower()) for s, n in [("reef", "Reef"), ("ice", "Ice")])
-    (folder / "topics.toml").write_text(text, encoding="utf-8")
-    return folder
+    return write_test_templates(folder, "test-solid")
 
 
 def bot_env(fake: Any, state: Path, templates: Path) -> dict[str, str]:

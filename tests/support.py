@@ -1,0 +1,64 @@
+"""Helpers several test modules share: a small templates folder whose topics
+use a test generator, and a second process holding a state-folder lock."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+
+_TOPIC = """
+[topics.{slug}]
+name = "{name}"
+subject = "a {lower}"
+prompts = "a {lower}:1 | text:-0.5"
+hashtags = ["dstrtdtest"]
+generator = "{generator}"
+
+[[topics.{slug}.facts]]
+text = "A first fact about {lower}."
+source = "NOAA"
+url = "https://www.noaa.gov/"
+
+[[topics.{slug}.facts]]
+text = "A second fact about {lower}."
+source = "NASA"
+url = "https://www.nasa.gov/"
+"""
+
+
+def write_test_templates(folder: Path, generator: str, topics: tuple[tuple[str, str], ...] = (("reef", "Reef"), ("ice", "Ice"))) -> Path:
+    """A templates folder with the shipped caption template and topics (slug,
+    name) that all use ``generator``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "templates" / "caption.j2", folder / "caption.j2")
+    text = "".join(_TOPIC.format(slug=s, name=n, lower=n.lower(), generator=generator) for s, n in topics)
+    (folder / "topics.toml").write_text(text, encoding="utf-8")
+    return folder
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(state_dir: Path, name: str, purpose: str) -> Iterator[int]:
+    """Another process holds ``state_dir/<name>.lock`` for the block; yields its pid."""
+    holder = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from bot.store import exclusive
+        with exclusive(Path({str(state_dir)!r}), {name!r}, {purpose!r}):
+            print("locked", flush=True)
+            sys.stdin.readline()
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "locked"
+        yield process.pid
+    finally:
+        process.communicate("\n", timeout=30)
