@@ -29,7 +29,7 @@ from bot.topics import Topic, get_topic, load_topics
 from generators import (
     GenerationRequest,
     GeneratorError,
-    generator_description,
+    generator_label,
     get_generator,
 )
 from generators.registry import Generator, ProgressCallback
@@ -180,14 +180,20 @@ def _request_for(topic: Topic, generator_name: str, seed: int, progress: Progres
     return request
 
 
-def _check_caption(settings: Settings, topic: Topic, generator_name: str) -> str:
-    caption = render_caption(
+def topic_caption(settings: Settings, topic: Topic, generator_name: str) -> str:
+    """The caption a post of ``topic`` made by ``generator_name`` gets; also
+    what ``bot topics show`` previews."""
+    return render_caption(
         topic,
         templates_dir=settings.paths.templates,
-        generator_label=generator_description(generator_name) or generator_name,
+        generator_label=generator_label(generator_name),
         account_name=settings.account.name,
         account_url=settings.account.url,
     )
+
+
+def _check_caption(settings: Settings, topic: Topic, generator_name: str) -> str:
+    caption = topic_caption(settings, topic, generator_name)
     check_caption(caption)
     return caption
 

@@ -91,15 +91,22 @@ GeneratorFactory = Callable[[dict[str, Any]], Generator]
 
 _REGISTRY: dict[str, GeneratorFactory] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_LABELS: dict[str, str] = {}
 _lock = threading.Lock()
 _loaded = False
 
 
-def register_generator(name: str, factory: GeneratorFactory, description: str = "") -> None:
+def register_generator(name: str, factory: GeneratorFactory, description: str = "", label: str = "") -> None:
     """Make a generator available under ``name``. A second registration of the
-    same name replaces the first, so a plugin can override a built-in."""
+    same name replaces the first, so a plugin can override a built-in.
+
+    ``description`` is for people running the bot (``bot topics``, ``--help``);
+    ``label`` is the short public phrase for what made an image, used in
+    captions ("a VQGAN guided by CLIP"); it defaults to the name.
+    """
     _REGISTRY[name] = factory
     _DESCRIPTIONS[name] = description
+    _LABELS[name] = label
 
 
 def _load_builtins() -> None:
@@ -137,6 +144,12 @@ def generator_names() -> list[str]:
 def generator_description(name: str) -> str:
     _load_builtins()
     return _DESCRIPTIONS.get(name, "")
+
+
+def generator_label(name: str) -> str:
+    """The public phrase for what made an image, for captions."""
+    _load_builtins()
+    return _LABELS.get(name) or name
 
 
 def get_generator(name: str, config: dict[str, Any] | None = None) -> Generator:

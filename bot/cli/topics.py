@@ -13,15 +13,15 @@ from bot.captions import (
     MAX_MENTIONS,
     caption_stats,
     check_caption,
-    render_caption,
 )
 from bot.cli.common import AppContext, emit_json, pass_app
 from bot.config import Settings
 from bot.errors import CaptionTooLong
+from bot.pipeline import topic_caption
 from bot.store import iso
 from bot.topics import Topic, get_topic, load_topics
 from generators import GenerationRequest, GeneratorError, ModelUnavailable, UnknownGenerator
-from generators import generator_description, get_generator
+from generators import get_generator
 
 
 @click.group("topics", invoke_without_command=True)
@@ -67,13 +67,7 @@ def show(app: AppContext, slug: str, as_json: bool) -> None:
     """
     settings = app.settings
     topic = get_topic(load_topics(settings.paths.templates), slug)
-    caption = render_caption(
-        topic,
-        templates_dir=settings.paths.templates,
-        generator_label=_generator_label(topic.generator),
-        account_name=settings.account.name,
-        account_url=settings.account.url,
-    )
+    caption = topic_caption(settings, topic, topic.generator)
     stats = caption_stats(caption)
     problem = _limit_problem(caption)
     if as_json:
@@ -105,15 +99,6 @@ def _limit_problem(caption: str) -> str | None:
     except CaptionTooLong as exc:
         return str(exc)
     return None
-
-
-def _generator_label(name: str) -> str:
-    """What made the image, as the pipeline words it: the generator's
-    registered description, or its name while it is not registered."""
-    try:
-        return generator_description(name) or name
-    except (GeneratorError, ImportError):
-        return name
 
 
 def _topic_row(settings: Settings, topic: Topic, last_posted: Any) -> dict[str, Any]:
