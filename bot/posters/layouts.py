@@ -58,10 +58,11 @@ def artwork_qr(canvas: Canvas, page: Page, image: Image.Image, url: str, options
     # 1. artwork, cover-fit at the print resolution
     prepared = artwork.prepare(image, page, options.dpi)
     artwork.draw(canvas, prepared, page, icc_profile=image.info.get("icc_profile"))
-    # 2. QR code, sized by the 10:1 rule within the page's share
+    # 2. QR code, its modules large enough to scan from qr_distance_m, within the page's share
     symbol = qr.encode(url)
     code_mm = qr.code_width_mm(
         min(page.trim_w_mm, page.trim_h_mm),
+        symbol.modules,
         distance_m=options.qr_distance_m,
         max_fraction=options.qr_max_fraction,
     )
@@ -80,7 +81,7 @@ def artwork_qr(canvas: Canvas, page: Page, image: Image.Image, url: str, options
         qr_plate_mm=round(plate_mm, 2),
         qr_modules=symbol.modules,
         qr_version=symbol.version,
-        qr_scan_distance_m=round(qr.scan_distance_m(code_mm), 2),
+        qr_scan_distance_m=round(qr.scan_distance_m(code_mm, symbol.modules), 2),
     )
 
 

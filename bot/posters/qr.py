@@ -5,16 +5,23 @@ rectangles of one filled PDF path, so the code stays sharp at any print size
 (a bitmap QR code would be resampled by the RIP) and adjacent modules merge
 into one shape without hairline seams.
 
-How large? The sizing rule QR vendors commonly publish is the "10:1 rule": a
-phone scans a code from about ten times its width (it assumes a short URL, a
-few dozen modules across; longer URLs mean smaller modules, so keep links
-short). Scanning from 2 m therefore wants a
-20 cm code, which would cover most of an A4 page and make the QR code, not the
-artwork, the poster. So the code is ``distance / 10`` capped to a fraction of
-the page's short side (35 % by default; with its quiet zone the white plate
-is then about 43 %): it reaches the 2 m target from A1 upwards and scales
-down with the page below that (A3: ~1 m, A2: ~1.5 m). The report states the
-distance each page's code is good for, so nobody is surprised on the street.
+How large? What limits scanning from a distance is the size of one module,
+not of the whole code: the "10:1 rule" QR vendors publish (a code scans from
+ten times its width) silently assumes a code of about 25 modules. We size by
+the module instead, from the geometry of a phone camera:
+
+- a phone's main camera has about 4,000 px across a ~70 degree field of view,
+  so at ``d`` metres one pixel covers ``2 d tan(35 deg) / 4000`` = 0.35 mm per
+  metre of distance;
+- decoders such as ZXing need about 3 px per module once blur, tilt and street
+  light are counted (about 2 in ideal conditions);
+- so a module must be at least ~1.05 mm per metre of scanning distance.
+
+The account URL at level H is a version-4 code (33 modules): 2 m needs
+33 x 2.1 mm = 69 mm, which fits every page from A4 up without making the QR
+code, rather than the artwork, the poster. The code is drawn that size
+(``qr_distance_m``, default 2 m), capped to a fraction of the page's short side
+(35 % by default); the report states the distance each page's code is good for.
 """
 
 from __future__ import annotations
@@ -30,9 +37,12 @@ from bot.errors import BadInput
 QUIET_ZONE_MODULES = 4  # ISO/IEC 18004 minimum
 # The smallest printed QR code most guides accept (2 x 2 cm, close-up scanning).
 MIN_CODE_MM = 20.0
-# Scanning distance = SCAN_RATIO x code width (the 10:1 rule above).
-SCAN_RATIO = 10.0
-# The rule holds for short codes; past version 10 (57 modules, 119 bytes at
+# A module must be this many millimetres wide per metre of scanning distance
+# (camera geometry above).
+MODULE_MM_PER_METRE = 1.05
+# The fewest modules a code has (version 1), for checks made before the URL is known.
+MIN_MODULES = 21
+# Long links make small modules; past version 10 (57 modules, 119 bytes at
 # level H) the modules get too small to read from across a pavement.
 MAX_VERSION = 10
 MAX_URL_BYTES = 119
@@ -76,11 +86,12 @@ def encode(url: str) -> QRSymbol:
     return QRSymbol(url=url, version=code.version, matrix=code.get_matrix())
 
 
-def code_width_mm(short_side_mm: float, *, distance_m: float, max_fraction: float) -> float:
-    """Width of the code itself (quiet zone excluded) on a page whose trim's
-    short side is ``short_side_mm``: ``distance / 10``, at most
-    ``max_fraction`` of the short side, never below 20 mm (BadInput)."""
-    width = min(distance_m * 1000.0 / SCAN_RATIO, max_fraction * short_side_mm)
+def code_width_mm(short_side_mm: float, modules: int, *, distance_m: float, max_fraction: float) -> float:
+    """Width of a code of ``modules`` modules (quiet zone excluded) that scans
+    from ``distance_m``, on a page whose trim's short side is ``short_side_mm``:
+    at most ``max_fraction`` of the short side, never below 20 mm (BadInput)."""
+    wanted = max(distance_m * MODULE_MM_PER_METRE * modules, MIN_CODE_MM)
+    width = min(wanted, max_fraction * short_side_mm)
     if width < MIN_CODE_MM:
         raise BadInput(
             f"the page's short side ({short_side_mm:g} mm) leaves only {width:.0f} mm for the QR code "
@@ -90,9 +101,9 @@ def code_width_mm(short_side_mm: float, *, distance_m: float, max_fraction: floa
     return width
 
 
-def scan_distance_m(code_mm: float) -> float:
-    """Distance from which a code ``code_mm`` wide scans, by the 10:1 rule."""
-    return code_mm * SCAN_RATIO / 1000.0
+def scan_distance_m(code_mm: float, modules: int) -> float:
+    """Distance from which a code ``code_mm`` wide with ``modules`` modules scans."""
+    return code_mm / modules / MODULE_MM_PER_METRE
 
 
 def draw(canvas: Canvas, symbol: QRSymbol, x: float, y: float, side: float) -> None:

@@ -97,7 +97,9 @@ def check_options(options: PosterOptions) -> tuple[Page, Layout]:
             f"{MAX_PIXELS // 1_000_000} Mpx; choose a smaller size or dpi"
         )
     # The QR code must fit on this page size (a URL is checked per item).
-    qr.code_width_mm(min(width, height), distance_m=options.qr_distance_m, max_fraction=options.qr_max_fraction)
+    qr.code_width_mm(
+        min(width, height), qr.MIN_MODULES, distance_m=options.qr_distance_m, max_fraction=options.qr_max_fraction
+    )
     return page, get_layout(options.layout)
 
 
