@@ -26,17 +26,20 @@ def _parse_size(value: str) -> tuple[int, int]:
     return width, height
 
 
-def _request_inputs(app: AppContext, prompt: str | None, topic: str | None) -> tuple[str, dict[str, Any], str | None]:
-    """Prompts and options from --prompt and/or --topic (the flag wins)."""
+def _request_inputs(app: AppContext, prompt: str | None, topic: str | None
+                    ) -> tuple[str, dict[str, Any], str | None, str | None]:
+    """Prompts, options, model and generator from --prompt and/or --topic (the flag wins)."""
     if topic is None:
-        return prompt or "", {}, None
+        return prompt or "", {}, None, None
     from bot.topics import load_topics  # written alongside; imported only when needed
 
     topics = load_topics(app.settings.paths.templates)
     if topic not in topics:
         raise BadInput(f"--topic {topic!r} is not a topic; known: {', '.join(topics)}")
     chosen = topics[topic]
-    return prompt or chosen.prompts, dict(chosen.options), chosen.model
+    options = dict(chosen.options)
+    options.pop("size", None)  # --size decides here
+    return prompt or chosen.prompts, options, chosen.model, chosen.generator
 
 
 @click.command("generate")
@@ -52,7 +55,7 @@ def _request_inputs(app: AppContext, prompt: str | None, topic: str | None) -> t
 @click.option("--image-prompt", help="Image prompts, 'path:weight | path2:weight'.")
 @click.option("--profile", type=click.Choice(["auto", "cpu", "full"]), help="auto: 'cpu' on a CPU (smaller, faster).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
-@click.option("--generator", "generator_name", default="vqgan-clip", show_default=True, help="Registered generator.")
+@click.option("--generator", "generator_name", help="Registered generator (default: the topic's, else vqgan-clip).")
 @click.option("--seed", type=int, help="Random seed (default: random, recorded in manifest.json).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for image.png etc.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
@@ -60,7 +63,7 @@ def _request_inputs(app: AppContext, prompt: str | None, topic: str | None) -> t
 def command(app: AppContext, prompt: str | None, topic: str | None, size: str, iterations: int | None,
             cutouts: int | None, candidates: int | None, stop: str | None, snapshots: tuple[int, ...],
             init_image: str | None, image_prompt: str | None, profile: str | None, device: str,
-            generator_name: str, seed: int | None, out_dir: str, as_json: bool) -> None:
+            generator_name: str | None, seed: int | None, out_dir: str, as_json: bool) -> None:
     """Generate one image (VQGAN+CLIP by default) into --out: image.png,
     loss_curve.png, snapshots/, manifest.json (everything needed to make it again).
 
@@ -73,12 +76,14 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str, i
     from generators import GenerationRequest, get_generator
 
     # 1. check inputs (nothing is written before the generator's check passes)
-    prompts, options, model = _request_inputs(app, prompt, topic)
+    prompts, options, model, topic_generator = _request_inputs(app, prompt, topic)
+    generator_name = generator_name or topic_generator or "vqgan-clip"
     width, height = _parse_size(size)
     flags = {"iterations": iterations, "cutouts": cutouts, "candidates": candidates, "stop": stop,
              "init_image": init_image, "image_prompts": image_prompt, "profile": profile}
     options.update({k: v for k, v in flags.items() if v is not None})
-    options.update({"width": width, "height": height})
+    if width != height:  # non-square sizes are a VQGAN+CLIP option; request.size is the side
+        options.update({"width": width, "height": height})
     if snapshots:
         options["snapshot_steps"] = list(snapshots)
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)

@@ -315,10 +315,10 @@ def _convert_clip(weights: Path, open_clip_name: str, out: Path, allow_full_unpi
     import open_clip
     from safetensors.torch import save_file
 
-    from generators.vqgan_clip.clip_model import check_clip_name
+    from generators.vqgan_clip.clip_model import check_clip_name, create_architecture
 
     check_clip_name(open_clip_name)
-    model = open_clip.create_model(open_clip_name, pretrained=None, device="cpu")
+    model = create_architecture(open_clip_name)
     try:
         state = load_state_dict(weights, allow_full_unpickle=False)
         if not any(k.startswith("visual.") for k in state):

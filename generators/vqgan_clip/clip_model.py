@@ -10,6 +10,8 @@ missing file fails at once instead of after a minute of network retries.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,33 @@ class Perceptor:
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
 
+class _DropNoWeightsWarning(logging.Filter):
+    """open_clip warns "No pretrained weights loaded" when built with
+    ``pretrained=None``; we load the weights ourselves right after, so the
+    warning would only mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    root, quiet = logging.getLogger(), _DropNoWeightsWarning()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
+def create_architecture(name: str):
+    """The open_clip model ``name`` with random weights, on the CPU."""
+    import open_clip
+
+    with _quiet_open_clip():
+        return open_clip.create_model(name, pretrained=None, device="cpu")
+
+
 def load_clip(name: str, weights: str | os.PathLike[str] | None, device: torch.device | str = "cpu") -> Perceptor:
     """Build ``name`` and load ``weights`` (file path, pretrained tag, or ``None``
     for random initialisation, used by the benchmark). A file is loaded strictly
@@ -67,7 +96,7 @@ def load_clip(name: str, weights: str | os.PathLike[str] | None, device: torch.d
     local = weights is not None and Path(weights).exists()
     if local or weights is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        model = open_clip.create_model(name, pretrained=None, device="cpu")
+        model = create_architecture(name)
         if local:
             from generators.models.checkpoints import load_state_dict
 

@@ -134,6 +134,8 @@ class VQGANCLIPGenerator:
         if unknown:
             raise InvalidRequest(f"options {unknown} are not known; allowed: {', '.join(sorted(ALLOWED_OPTIONS))}")
         options.update(request.options)
+        if request.model:  # the request's weights set names the VQGAN in the model store
+            options["vqgan"] = request.model
         prompts = parse_prompts(request.prompts, argument="prompt")
         device = resolve_device(request.device)
         profile = options.get("profile", "auto")

@@ -80,12 +80,13 @@ def write_tiny_vqgan(folder: Path, seed: int = 0, cfg: VQGANConfig = TINY_VQGAN_
 
 
 def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
-    import open_clip
     from safetensors.torch import save_file
+
+    from generators.vqgan_clip.clip_model import create_architecture
 
     register_tiny_clip()
     torch.manual_seed(seed)
-    model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None)
+    model = create_architecture(TINY_CLIP_NAME)
     path = folder / "tiny_clip.safetensors"
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))

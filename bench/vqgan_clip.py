@@ -1,0 +1,195 @@
+"""Benchmark of the VQGAN+CLIP step: seconds per iteration and peak memory.
+
+Uses the real architectures (taming's vqgan_imagenet_f16_16384 config, open_clip
+ViT-B-32) at random initialisation: the arithmetic per step is the same as with
+trained weights. In the same process it times a plain fp32 eager version of the
+same loop (per-crop cutout loop, NCHW, no autocast, no compile) as the baseline,
+and prints one JSON document (also written to --out).
+
+    python bench/vqgan_clip.py                                  # all sizes/cutouts
+    python bench/vqgan_clip.py --sizes 256 --cutouts 32 --out bench/results/vqgan_clip-cpu.json
+
+On a GPU it also reports the FLOPs of one step (torch.utils.flop_counter) and the
+achieved TFLOP/s against the device's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from generators.vqgan_clip.clip_model import load_clip  # noqa: E402
+from generators.vqgan_clip.cutouts import CutoutSettings  # noqa: E402
+from generators.vqgan_clip.optimise import RunSettings, optimise  # noqa: E402
+from generators.vqgan_clip.plugin import estimate_memory  # noqa: E402
+from generators.vqgan_clip.prompts import parse_prompts  # noqa: E402
+from generators.vqgan_clip.vqgan import IMAGENET_F16_16384, VQGAN  # noqa: E402
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets.
+GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "T4": 65.0}
+
+MODES = {
+    # name: (fast, precision, compile)
+    "baseline": (False, "fp32", "off"),
+    "fast": (True, "auto", "off"),
+    "fast+compile": (True, "auto", "on"),
+}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+class PeakRSS:
+    """Samples the process's resident memory while a run is going (CPU peak)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def __enter__(self):
+        self.peak = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def step_flops(vqgan, perceptor, prompts, settings, device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    one = RunSettings(**{**settings.__dict__, "iterations": 1, "compile": "off"})
+    counter = FlopCounterMode(display=False)
+    with counter:
+        optimise(vqgan, perceptor, prompts, one, seed=0, device=device)
+    return float(counter.get_total_flops())
+
+
+def run_one(vqgan, perceptor, prompts, size, cutouts, mode, warmup, timed, device) -> dict:
+    fast, precision, compile_ = MODES[mode]
+    settings = RunSettings(width=size, height=size, iterations=warmup + timed, stop=None,
+                           cutouts=CutoutSettings(count=cutouts), fast=fast, precision=precision, compile=compile_)
+    stamps: list[float] = []
+
+    def progress(step, total, info):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    with PeakRSS() as rss:
+        optimise(vqgan, perceptor, prompts, settings, seed=0, device=device, progress=progress)
+    steps = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
+    return {
+        "size": size, "cutouts": cutouts, "mode": mode,
+        "median_s_per_iteration": statistics.median(steps[warmup:]),
+        "first_iteration_s": steps[0],
+        "timed_iterations": len(steps[warmup:]),
+        "peak_memory_bytes": int(peak),
+        "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process RSS (includes weights)",
+        "estimated_memory_bytes": estimate_memory(settings, device),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 480])
+    parser.add_argument("--cutouts", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--modes", nargs="+", default=None, choices=sorted(MODES),
+                        help="default: baseline fast (+ fast+compile on CUDA)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--timed", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--flops", action="store_true", help="count FLOPs per step (default on CUDA)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    modes = args.modes or (["baseline", "fast", "fast+compile"] if device.type == "cuda" else ["baseline", "fast"])
+    torch.manual_seed(0)
+    vqgan = VQGAN(IMAGENET_F16_16384).eval().requires_grad_(False)
+    perceptor = load_clip("ViT-B-32", None, device)
+    prompts = parse_prompts("coral reef:1 | blurry:-0.5")
+    results = []
+    for size in args.sizes:
+        for cutouts in args.cutouts:
+            rows = {}
+            for mode in modes:
+                row = run_one(vqgan, perceptor, prompts, size, cutouts, mode, args.warmup, args.timed, device)
+                rows[mode] = row
+                results.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+            base = rows.get("baseline")
+            for mode, row in rows.items():
+                if base and mode != "baseline":
+                    row["speedup_vs_baseline"] = base["median_s_per_iteration"] / row["median_s_per_iteration"]
+            if args.flops or device.type == "cuda":
+                settings = RunSettings(width=size, height=size, stop=None, cutouts=CutoutSettings(count=cutouts))
+                flops = step_flops(vqgan, perceptor, prompts, settings, device)
+                for row in rows.values():
+                    row["flops_per_iteration"] = flops
+                    row["achieved_tflops"] = flops / row["median_s_per_iteration"] / 1e12
+                    peak = next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in device_name(device)), None)
+                    if peak:
+                        row["peak_bf16_tflops"] = peak
+                        row["fraction_of_peak"] = row["achieved_tflops"] / peak
+    report = {
+        "benchmark": "vqgan_clip step (decode + cutouts + CLIP + backward + Adam)",
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "vqgan_config": "vqgan_imagenet_f16_16384 (random init)",
+        "clip": "ViT-B-32 (random init)",
+        "warmup": args.warmup,
+        "modes": {m: dict(zip(("fast", "precision", "compile"), MODES[m])) for m in modes},
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "results": results,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
