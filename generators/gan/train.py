@@ -233,7 +233,7 @@ def d_loss_and_accuracy(arch: str, real_out: torch.Tensor, fake_out: torch.Tenso
         threshold = 0.0
     else:  # wgan, wgan-gp
         loss = fake_out.mean() - real_out.mean()
-        threshold = float((real_out.mean() + fake_out.mean()) / 2)
+        threshold = float((real_out.detach().mean() + fake_out.detach().mean()) / 2)
     acc_real = float((real_out.detach() > threshold).float().mean())
     acc_fake = float((fake_out.detach() < threshold).float().mean())
     return loss, acc_real, acc_fake
@@ -412,7 +412,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
             z = torch.randn(len(real), spec.z_dim)
 
             # 3a. discriminator (critic) step
-            fake = G(z).detach()
+            with torch.no_grad():  # same values as G(z).detach(), without recording a graph
+                fake = G(z)
             real_out, fake_out = D(augment(real)), D(augment(fake))
             loss_d, acc_real, acc_fake = d_loss_and_accuracy(spec.arch, real_out, fake_out)
             if spec.arch == "wgan-gp":

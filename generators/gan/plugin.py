@@ -1,0 +1,98 @@
+"""Registers the trained-GAN generator as ``gan`` (``bot post`` uses it when a
+topic names ``generator = "gan"`` and a ``model``, e.g. ``hubble-128``).
+
+Config (the ``[generators.gan]`` table of bot.toml plus ``models_dir``):
+``model`` is the default model name (``hubble-128``). A request's ``model`` is a
+folder under ``<models_dir>/gan/`` or a path to a model folder.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from generators.errors import InvalidRequest
+from generators.gan.sample import MAX_OUTPUT_SIZE, LoadedModel, check_model, load_model, resolve_model_dir, sample
+from generators.registry import GenerationRequest, GenerationResult, register_generator
+
+DEFAULT_MODEL = "hubble-128"
+
+
+class GanGenerator:
+    """Samples one image per seed from a trained model folder, upscaled with Lanczos."""
+
+    name = "gan"
+
+    def __init__(self, config: dict[str, Any]):
+        self.models_dir = Path(config.get("models_dir", "models"))
+        self.default_model = str(config.get("model", DEFAULT_MODEL))
+        self._cache: dict[tuple[str, float], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def _model_dir(self, request: GenerationRequest) -> Path:
+        return resolve_model_dir(request.model or self.default_model, self.models_dir)
+
+    def _load(self, model_dir: Path) -> LoadedModel:
+        """Load once per weights file version (keyed on its modification time)."""
+        weights = model_dir / "generator.safetensors"
+        key = (str(model_dir.resolve()), weights.stat().st_mtime)
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = load_model(model_dir)
+            return self._cache[key]
+
+    def check(self, request: GenerationRequest) -> None:
+        """Bad size/seed/device -> InvalidRequest; no model -> ModelUnavailable
+        (naming `bot train`); unreadable weights -> CorruptModel. No sampling."""
+        if not (16 <= request.size <= MAX_OUTPUT_SIZE):
+            raise InvalidRequest(f"size {request.size}: must be from 16 to {MAX_OUTPUT_SIZE} pixels")
+        if request.seed < 0:
+            raise InvalidRequest(f"seed {request.seed}: must be 0 or more")
+        if request.device not in ("auto", "cpu"):
+            raise InvalidRequest(f"device {request.device!r}: the GAN generator samples on 'cpu' (or 'auto')")
+        model_dir = self._model_dir(request)
+        check_model(model_dir)
+        self._load(model_dir)  # raises CorruptModel for broken weights or config
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """One sample for ``request.seed``, upscaled to ``request.size`` square."""
+        self.check(request)
+        started = time.perf_counter()
+        if request.progress:
+            request.progress(0, 1, {"stage": "sampling"})
+        model = self._load(self._model_dir(request))
+        loaded = time.perf_counter()
+        with torch.no_grad():
+            native = sample(model, 1, request.seed)[0]
+            image = sample(model, 1, request.seed, request.size)[0] if request.size != native.size[0] else native
+        if request.progress:
+            request.progress(1, 1, {"stage": "done"})
+        done = time.perf_counter()
+        return GenerationResult(
+            image=image,
+            seed=request.seed,
+            generator=self.name,
+            parameters={
+                "model": str(model.path),
+                "arch": model.spec.arch,
+                "native_size": model.spec.img_size,
+                "size": request.size,
+                "upscaler": "lanczos",
+                "z_dim": model.spec.z_dim,
+                "device": "cpu",
+            },
+            models={"generator": {"name": model.path.name, "sha256": model.sha256}},
+            timings={"load": loaded - started, "sample": done - loaded},
+            extras={"native_image": native},
+        )
+
+
+def _factory(config: dict[str, Any]) -> GanGenerator:
+    return GanGenerator(config)
+
+
+register_generator("gan", _factory, "A GAN trained with `bot train` (offline; default model hubble-128, galaxies of the Hubble Deep Field)")
