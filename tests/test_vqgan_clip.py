@@ -5,7 +5,6 @@ open_clip)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
