@@ -98,7 +98,14 @@ def test_plateau_stops_the_optimisation_and_reports_the_step(generator):
     result = generator.generate(_request(iterations=50, stop="plateau", learning_rate=0.0,
                                          stop_min_steps=12, stop_window=6, stop_min_delta=0.05))
     assert result.extras["stop_step"] == 12 and result.extras["stopped_early"] is True
+    assert result.extras["stop_reason"] == "plateau"
     assert len(result.loss_curve) == 12
+
+
+def test_time_budget_stops_the_loop(generator):
+    result = generator.generate(_request(iterations=50, time_budget_s=1e-9))
+    assert result.extras["stop_step"] == 1 and result.extras["stop_reason"] == "time budget"
+    assert len(result.loss_curve) == 1
 
 
 def test_best_of_n_returns_the_best_scoring_candidate(generator):
@@ -168,6 +175,7 @@ def test_cpu_profile_shrinks_large_sizes(generator):
     plan = generator.plan(GenerationRequest(prompts="reef", size=480, device="cpu", options={"profile": "cpu"}))
     assert (plan["settings"].width, plan["settings"].height) == (256, 256)
     assert plan["settings"].cutouts.count == 16 and "reduced" in plan["notes"][0]
+    assert plan["settings"].time_budget_s == 40 * 60
 
 
 @pytest.mark.slow

@@ -64,6 +64,10 @@ class RunSettings:
     stop: StopRule | None = field(default_factory=StopRule)
     snapshot_steps: tuple[int, ...] = ()
     init_weight: float = 0.0
+    # Wall-clock cap in seconds (0 = none). The CPU profile sets one so that a post
+    # never takes an hour on a busy machine; the step it stopped at is reported,
+    # and iterations = that step reproduces the image.
+    time_budget_s: float = 0.0
     # Speed switches (see docs/vqgan_clip.md): "fast" = batched cutouts and
     # channels-last; "precision" "auto" = bf16 autocast on CUDA, fp32 elsewhere;
     # "compile" "auto" = torch.compile on CUDA only.
@@ -85,6 +89,7 @@ class Outcome:
     curves: list[list[float]]  # per step, the loss of each candidate
     stop_step: int
     stopped_early: bool
+    stop_reason: str  # "iterations" | "plateau" | "time budget"
     snapshots: dict[int, Image.Image]
     timings: dict[str, float]
     candidates: list[Image.Image]
@@ -221,7 +226,7 @@ def optimise(vqgan: VQGAN, perceptor: Perceptor, prompts: list[WeightedPrompt], 
     mean_curve: list[float] = []
     snapshots: dict[int, Image.Image] = {}
     loop_start = time.perf_counter()
-    step, stopped_early = 0, False
+    step, stopped_early, stop_reason = 0, False, "iterations"
     for step in range(1, settings.iterations + 1):
         optimizer.zero_grad(set_to_none=True)
         losses, image = step_loss(z)
@@ -237,7 +242,10 @@ def optimise(vqgan: VQGAN, perceptor: Perceptor, prompts: list[WeightedPrompt], 
         if progress:
             progress(step, settings.iterations, {"loss": min(values)})
         if settings.stop is not None and settings.stop.should_stop(mean_curve):
-            stopped_early = step < settings.iterations
+            stopped_early, stop_reason = step < settings.iterations, "plateau"
+            break
+        if settings.time_budget_s and time.perf_counter() - loop_start > settings.time_budget_s:
+            stopped_early, stop_reason = step < settings.iterations, "time budget"
             break
     timings["optimise_s"] = time.perf_counter() - loop_start
     timings["seconds_per_iteration"] = timings["optimise_s"] / max(step, 1)
@@ -254,5 +262,5 @@ def optimise(vqgan: VQGAN, perceptor: Perceptor, prompts: list[WeightedPrompt], 
     timings["total_s"] = time.perf_counter() - start
     return Outcome(
         image=images[best], best=best, scores=scores, curves=curves, stop_step=step,
-        stopped_early=stopped_early, snapshots=snapshots, timings=timings, candidates=images,
+        stopped_early=stopped_early, stop_reason=stop_reason, snapshots=snapshots, timings=timings, candidates=images,
     )

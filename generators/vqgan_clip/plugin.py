@@ -12,8 +12,8 @@ Options (request ``options`` or config): ``iterations`` (hard cap), ``cutouts``,
 ``cut_power``, ``learning_rate``, ``candidates``, ``stop`` ("plateau"/"none"),
 ``stop_min_steps``, ``stop_window``, ``stop_min_delta``, ``snapshot_steps``,
 ``image_prompts`` ("path:weight | ..."), ``init_image``, ``init_weight``,
-``width``/``height`` (else ``request.size`` square), ``fast``, ``precision``,
-``compile``, ``profile``.
+``width``/``height`` (else ``request.size`` square), ``time_budget_s``, ``fast``,
+``precision``, ``compile``, ``profile``, ``max_side``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ FULL_PROFILE: dict[str, Any] = {
 # (bench/results/vqgan_clip-cpu.json; docs/vqgan_clip.md has the arithmetic).
 CPU_PROFILE: dict[str, Any] = {
     "iterations": 250, "cutouts": 16, "cut_power": 1.0, "stop_min_steps": 120, "max_side": 256,
+    "time_budget_s": 40 * 60,
 }
 DEFAULT_CONFIG: dict[str, Any] = {
     "vqgan": "vqgan_imagenet_f16_16384",
@@ -52,7 +53,7 @@ ALLOWED_OPTIONS = {
     "iterations", "cutouts", "cut_power", "learning_rate", "candidates", "stop", "stop_min_steps",
     "stop_window", "stop_min_delta", "snapshot_steps", "image_prompts", "init_image", "init_weight",
     "width", "height", "fast", "precision", "compile", "profile", "augment", "vqgan", "clip_model",
-    "clip_weights", "max_side",
+    "clip_weights", "max_side", "time_budget_s",
 }
 
 
@@ -160,7 +161,8 @@ class VQGANCLIPGenerator:
         for key in ("iterations", "cutouts", "candidates", "stop_min_steps", "stop_window"):
             if key in options:
                 options[key] = _number(options, key, int, 1, 100_000)
-        for key, low in (("cut_power", 0.0), ("learning_rate", 0.0), ("init_weight", 0.0), ("stop_min_delta", 0.0)):
+        for key, low in (("cut_power", 0.0), ("learning_rate", 0.0), ("init_weight", 0.0), ("stop_min_delta", 0.0),
+                         ("time_budget_s", 0.0)):
             if key in options:
                 options[key] = _number(options, key, float, low)
         if options.get("stop", "plateau") not in ("plateau", "none"):
@@ -193,6 +195,7 @@ class VQGANCLIPGenerator:
             cutouts=CutoutSettings(count=options["cutouts"], power=options["cut_power"],
                                    augment=bool(options.get("augment", True))),
             stop=stop, snapshot_steps=snapshot_steps, init_weight=options.get("init_weight", 0.0),
+            time_budget_s=options.get("time_budget_s", 0.0),
             fast=bool(options.get("fast", True)), precision=options.get("precision", "auto"),
             compile=options.get("compile", "auto"),
         )
@@ -279,6 +282,7 @@ class VQGANCLIPGenerator:
             extras={
                 "stop_step": outcome.stop_step,
                 "stopped_early": outcome.stopped_early,
+                "stop_reason": outcome.stop_reason,
                 "best_candidate": best,
                 "candidate_scores": outcome.scores,
                 "candidate_curves": [[step[i] for step in outcome.curves] for i in range(settings.candidates)]
