@@ -147,6 +147,20 @@ def test_truncated_download_fails_clearly_keeps_the_store_clean_and_resumes(tmp_
     assert store.verify()[0]["ok"]
 
 
+def test_fetch_without_a_published_sum_records_it_as_unverified(tmp_path, tiny_spec, server):
+    # The heibox checkpoints publish no sha256: the sum is computed at download
+    # time, recorded as unverified, and the official file is still converted.
+    unverified = ModelSpec(name="tiny_unverified", kind="vqgan", description="",
+                           files=tuple(SourceFile(f.role, f.url, f.filename, None) for f in tiny_spec.files))
+    register_known_model(unverified)
+    try:
+        entry = ModelStore(tmp_path / "models").fetch(unverified.name)
+    finally:
+        KNOWN_MODELS.pop(unverified.name, None)
+    assert entry["original"]["checkpoint"]["sha256_verified"] is False
+    assert entry["original"]["checkpoint"]["sha256"] == tiny_spec.files[0].sha256
+
+
 def test_checksum_mismatch_is_refused(tmp_path, tiny_spec, server):
     server.files["/tiny/last.ckpt"] = server.files["/tiny/last.ckpt"][:-10] + b"0123456789"
     store = ModelStore(tmp_path / "models")

@@ -201,5 +201,10 @@ def test_cli_generate_writes_image_curve_and_manifest(tiny_config, tmp_path, mon
     assert manifest["seed"] == 7 and len(manifest["loss_curve"]) == 3
     assert (out / "image.png").is_file() and (out / "loss_curve.png").is_file()
     assert (out / "snapshots" / "step-00002.png").is_file()
+    topic = CliRunner().invoke(cli, ["--config", str(config), "generate", "--topic", "coral", "--size", "32",
+                                     "--iterations", "2", "--cutouts", "2", "--device", "cpu",
+                                     "--out", str(tmp_path / "coral"), "--json"], catch_exceptions=False)
+    assert topic.exit_code == 0, topic.output
+    assert "coral reef" in json.loads((tmp_path / "coral" / "manifest.json").read_text())["parameters"]["prompts"]
     bad = CliRunner().invoke(cli, ["--config", str(config), "generate", "--prompt", "", "--out", str(tmp_path / "no")])
     assert bad.exit_code != 0 and not (tmp_path / "no").exists()
