@@ -107,6 +107,8 @@ def verify(app: AppContext, name: str | None, as_json: bool) -> int:
     if as_json:
         emit_json(results)
     else:
+        if not results:
+            click.echo("no models installed; see `bot models list`")
         for result in results:
             click.echo(f"{result['name']}: {'ok' if result['ok'] else '; '.join(result['problems'])}")
     return 0 if all(r["ok"] for r in results) else 1
