@@ -26,7 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/gan_train.py
-	$(BIN)/python bench/vqgan_clip.py
+	$(BIN)/python bench/vqgan_clip.py --sizes 256 --cutouts 32
 
 clean-venv:
 	rm -rf $(VENV)

@@ -332,4 +332,6 @@ register_generator(
     factory,
     "VQGAN + CLIP: optimise a VQGAN latent until CLIP scores the image close to the prompt "
     "(needs: bot models fetch vqgan_imagenet_f16_16384 clip_vit_b_32_openai)",
+    label="VQGAN+CLIP, an image model (VQGAN) steered step by step until a text-image model (CLIP) "
+    "matches it to the words that describe the scene",
 )
