@@ -95,4 +95,10 @@ def _factory(config: dict[str, Any]) -> GanGenerator:
     return GanGenerator(config)
 
 
-register_generator("gan", _factory, "A GAN trained with `bot train` (offline; default model hubble-128, galaxies of the Hubble Deep Field)")
+register_generator(
+    "gan",
+    _factory,
+    "A GAN trained with `bot train` (offline; default model hubble-128, galaxies of the Hubble Deep Field)",
+    label="a generative adversarial network (GAN): two neural networks trained against each other "
+    "on real photographs until one of them makes pictures the other can't tell apart",
+)
