@@ -99,6 +99,6 @@ register_generator(
     "gan",
     _factory,
     "A GAN trained with `bot train` (offline; default model hubble-128, galaxies of the Hubble Deep Field)",
-    label="a generative adversarial network (GAN): two neural networks trained against each other "
+    label="a generative adversarial network (GAN), two neural networks trained against each other "
     "on real photographs until one of them makes pictures the other can't tell apart",
 )
