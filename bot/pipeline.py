@@ -319,6 +319,8 @@ def _manifest(post: dict[str, Any], plan: Plan, report: dict[str, Any]) -> dict[
         "parameters": report["parameters"],
         "models": report["models"],
         "timings": report["timings"],
+        # what the generator noted: where it stopped and why, profile changes, diagnostics
+        "generator_notes": report["extras"],
         "loss": {
             "label": report["loss_label"],
             "steps": len(report["loss_curve"] or []),
