@@ -141,7 +141,7 @@ def main() -> None:
     for variant, data in results.items():
         if "images_per_s" in data:
             data["speedup"] = round(data["images_per_s"] / base, 3)
-    best = max((v for v in results if "images_per_s" in v), key=lambda v: results[v]["images_per_s"])
+    best = max((v for v in results if "images_per_s" in results[v]), key=lambda v: results[v]["images_per_s"])
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
     if args.device == "cpu":
         try:

@@ -191,3 +191,9 @@ def test_dataset_crops_is_seeded_and_refuses_to_overwrite(tmp_path: Path) -> Non
         make_crops(HUBBLE, tmp_path / "c", size=4000, count=3)
     assert not (tmp_path / "c").exists()
     os.sync()
+
+
+def test_unknown_augmentation_is_refused_before_anything_is_written(hubble_crops: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="--augment 'colour,flip'"):
+        _train(hubble_crops, tmp_path / "m", augment="colour,flip", epochs=1)
+    assert not (tmp_path / "m").exists()

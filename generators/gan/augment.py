@@ -57,6 +57,24 @@ def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
-def diff_augment(x: torch.Tensor) -> torch.Tensor:
-    """The paper's "color,translation,cutout" policy."""
-    return cutout(translation(colour(x)))
+POLICIES = {"color": colour, "translation": translation, "cutout": cutout}
+DEFAULT_POLICY = "color,translation,cutout"
+
+
+def check_policy(policy: str) -> list[str]:
+    """The transform names of a comma-separated policy; ValueError for an unknown one."""
+    names = [name.strip() for name in policy.split(",") if name.strip()]
+    unknown = [name for name in names if name not in POLICIES]
+    if unknown:
+        raise ValueError(f"unknown augmentation {unknown[0]!r}; choose from {', '.join(POLICIES)}")
+    return names
+
+
+def diff_augment(x: torch.Tensor, policy: str = DEFAULT_POLICY) -> torch.Tensor:
+    """Apply the transforms of ``policy`` in order; the paper's default is
+    "color,translation,cutout". Images whose absolute brightness and colour
+    matter (a black night sky) train better without "color": a random
+    brightness shift lets the generator's background level drift."""
+    for name in check_policy(policy):
+        x = POLICIES[name](x)
+    return x

@@ -127,12 +127,14 @@ class ConvGenerator(nn.Module):
         for res in resolutions[1:]:
             c_in, c_out = channels_at(spec, res // 2), channels_at(spec, res)
             if resize_conv:
-                up: list[nn.Module] = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
+                # reflect padding: zero padding tells the network where the border is, and
+                # it paints a frame there (seen on the Hubble model)
+                up: list[nn.Module] = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False, padding_mode="reflect")]
             else:
                 up = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
             blocks.append(nn.Sequential(*up, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)))
         self.blocks = nn.Sequential(*blocks)
-        self.to_rgb = nn.Sequential(nn.Conv2d(spec.width, spec.channels, 3, 1, 1), nn.Tanh())
+        self.to_rgb = nn.Sequential(nn.Conv2d(spec.width, spec.channels, 3, 1, 1, padding_mode="reflect" if resize_conv else "zeros"), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.project(z.view(z.shape[0], -1, 1, 1))

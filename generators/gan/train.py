@@ -36,7 +36,7 @@ from torch import nn
 
 from generators.errors import CorruptModel, InvalidRequest
 from generators.gan import diagnostics
-from generators.gan.augment import diff_augment
+from generators.gan.augment import DEFAULT_POLICY, check_policy, diff_augment
 from generators.gan.data import load_images, to_float, to_uint8
 from generators.gan.models import ARCHS, DEFAULT_ARCH, MAX_SIZE, MIN_SIZE, ModelSpec, build_discriminator, build_generator
 
@@ -58,7 +58,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "diffaug": {"lr": 2e-4, "b1": 0.5, "b2": 0.999, "n_critic": 1},
 }
 SPEC_FIELDS = ("arch", "img_size", "z_dim", "width", "max_width")
-HYPER_FIELDS = ("lr", "b1", "b2", "n_critic", "clip_value", "gp_lambda", "batch_size", "seed", "ema_kimg")
+HYPER_FIELDS = ("lr", "b1", "b2", "n_critic", "clip_value", "gp_lambda", "batch_size", "seed", "ema_kimg", "augment")
 
 
 @dataclass
@@ -82,6 +82,7 @@ class TrainConfig:
     clip_value: float | None = None
     gp_lambda: float | None = None
     ema_kimg: float | None = None
+    augment: str | None = None
     seed: int | None = None
     resume: bool = False
     sample_every: int = 5
@@ -102,6 +103,7 @@ class Resolved:
     clip_value: float
     gp_lambda: float
     ema_kimg: float
+    augment: str
     seed: int
 
     def hyper(self) -> dict[str, Any]:
@@ -131,6 +133,11 @@ def check_config(config: TrainConfig) -> Resolved:
         value = getattr(config, name)
         if value is not None and not (0 <= value < 1):
             raise InvalidRequest(f"--{name} {value}: must be in [0, 1)")
+    if config.augment is not None:
+        try:
+            check_policy(config.augment)
+        except ValueError as exc:
+            raise InvalidRequest(f"--augment {config.augment!r}: {exc}") from exc
     if config.clip_value is not None and config.clip_value <= 0:
         raise InvalidRequest(f"--clip-value {config.clip_value}: must be positive")
 
@@ -171,6 +178,7 @@ def _resolve_new(config: TrainConfig) -> Resolved:
         clip_value=config.clip_value if config.clip_value is not None else 0.01,
         gp_lambda=config.gp_lambda if config.gp_lambda is not None else 10.0,
         ema_kimg=config.ema_kimg if config.ema_kimg is not None else 10.0,
+        augment=config.augment if config.augment is not None else DEFAULT_POLICY,
         seed=config.seed if config.seed is not None else 0,
     )
 
@@ -399,7 +407,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
     n_batches = len(images) // resolved.batch_size or 1
     batch_size = min(resolved.batch_size, len(images))
     total_steps = config.epochs * n_batches
-    augment = diff_augment if spec.arch == "diffaug" else (lambda x: x)
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, resolved.augment) if spec.arch == "diffaug" else x
 
     # 3. the loop: one epoch = one pass over the shuffled images
     for epoch in range(start_epoch + 1, config.epochs + 1):
