@@ -104,13 +104,40 @@ class MLPGenerator(nn.Module):
         return self.net(z).view(z.shape[0], s.channels, s.img_size, s.img_size)
 
 
+class NoiseInjection(nn.Module):
+    """Per-pixel Gaussian noise times a learned per-channel weight, added after a
+    convolution (Karras, Laine & Aila 2019, "A Style-Based Generator
+    Architecture for GANs", section 3.2). It gives the generator a cheap source
+    of stochastic detail: a field of small, independent galaxies cannot be
+    grown from a 4x4 latent alone (our Hubble runs without it drew smooth
+    contours). The noise comes from ``rng`` when set (sampling seeds it per
+    image, so an image depends only on its seed) or from the global torch RNG.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((1, channels, 1, 1), 0.1))
+        self.rng: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], generator=self.rng, dtype=x.dtype)
+        return x + self.weight * noise
+
+
+def set_noise_rng(G: nn.Module, rng: torch.Generator | None) -> None:
+    """Point every :class:`NoiseInjection` of ``G`` at ``rng`` (None: the global RNG)."""
+    for module in G.modules():
+        if isinstance(module, NoiseInjection):
+            module.rng = rng
+
+
 class ConvGenerator(nn.Module):
     """DCGAN generator: project z to 4x4, then double the resolution per block.
 
-    ``resize_conv`` selects nearest-neighbour upsampling + 3x3 convolution
-    (Odena et al. 2016) instead of a 4x4 stride-2 transposed convolution
-    (Radford et al. 2016); it avoids checkerboard artefacts, which matter on
-    a dark sky with point sources.
+    ``resize_conv`` (the diffaug recipe) selects nearest-neighbour upsampling +
+    3x3 convolution (Odena et al. 2016) instead of a 4x4 stride-2 transposed
+    convolution (Radford et al. 2016), which avoids checkerboard artefacts on a
+    dark sky, and adds noise injection at 16x16 and above.
     """
 
     def __init__(self, spec: ModelSpec, resize_conv: bool = False):
@@ -132,7 +159,8 @@ class ConvGenerator(nn.Module):
                 up: list[nn.Module] = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False, padding_mode="reflect")]
             else:
                 up = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
-            blocks.append(nn.Sequential(*up, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)))
+            noise = [NoiseInjection(c_out)] if resize_conv and res >= 16 else []
+            blocks.append(nn.Sequential(*up, *noise, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)))
         self.blocks = nn.Sequential(*blocks)
         self.to_rgb = nn.Sequential(nn.Conv2d(spec.width, spec.channels, 3, 1, 1, padding_mode="reflect" if resize_conv else "zeros"), nn.Tanh())
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from generators.errors import InvalidRequest
-from generators.gan.sample import MAX_OUTPUT_SIZE, LoadedModel, check_model, load_model, resolve_model_dir, sample
+from generators.gan.sample import MAX_OUTPUT_SIZE, LoadedModel, check_model, load_model, resolve_model_dir, sample, upscale
 from generators.registry import GenerationRequest, GenerationResult, register_generator
 
 DEFAULT_MODEL = "hubble-128"
@@ -68,7 +68,7 @@ class GanGenerator:
         loaded = time.perf_counter()
         with torch.no_grad():
             native = sample(model, 1, request.seed)[0]
-            image = sample(model, 1, request.seed, request.size)[0] if request.size != native.size[0] else native
+        image = upscale(native, request.size)
         if request.progress:
             request.progress(1, 1, {"stage": "done"})
         done = time.perf_counter()

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from generators.errors import CorruptModel, InvalidRequest, ModelUnavailable
 from generators.gan.data import to_uint8
-from generators.gan.models import ModelSpec, build_generator
+from generators.gan.models import ModelSpec, build_generator, set_noise_rng
 
 WEIGHTS = "generator.safetensors"
 MAX_OUTPUT_SIZE = 4096
@@ -93,8 +93,14 @@ def check_sample_args(n: int, seed: int, size: int | None) -> None:
 @torch.no_grad()
 def sample_tensor(model: LoadedModel, seeds: list[int]) -> torch.Tensor:
     """uint8 (N,3,H,W) images at the native size, one per seed."""
-    z = torch.stack([torch.randn(model.spec.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    return to_uint8(model.generator(z))
+    images = []
+    for seed in seeds:  # one at a time: latent and injected noise both come from this seed alone
+        rng = torch.Generator().manual_seed(seed)
+        z = torch.randn(1, model.spec.z_dim, generator=rng)
+        set_noise_rng(model.generator, rng)
+        images.append(model.generator(z))
+    set_noise_rng(model.generator, None)
+    return to_uint8(torch.cat(images))
 
 
 def upscale(image: Image.Image, size: int) -> Image.Image:

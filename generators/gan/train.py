@@ -38,7 +38,7 @@ from generators.errors import CorruptModel, InvalidRequest
 from generators.gan import diagnostics
 from generators.gan.augment import DEFAULT_POLICY, check_policy, diff_augment
 from generators.gan.data import load_images, to_float, to_uint8
-from generators.gan.models import ARCHS, DEFAULT_ARCH, MAX_SIZE, MIN_SIZE, ModelSpec, build_discriminator, build_generator
+from generators.gan.models import ARCHS, DEFAULT_ARCH, MAX_SIZE, MIN_SIZE, ModelSpec, build_discriminator, build_generator, set_noise_rng
 
 log = logging.getLogger(__name__)
 
@@ -285,11 +285,14 @@ def sampling_generator(resolved: Resolved, G: nn.Module, G_ema: nn.Module) -> nn
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Images in [-1, 1] from latents, in eval mode (batch-independent)."""
+def generate(G: nn.Module, z: torch.Tensor, batch: int = 64, noise_seed: int = 0) -> torch.Tensor:
+    """Images in [-1, 1] from latents, in eval mode (batch-independent), with
+    injected noise from a private RNG so the training RNG is not moved."""
     was_training = G.training
     G.eval()
+    set_noise_rng(G, torch.Generator().manual_seed(noise_seed))
     out = torch.cat([G(z[i : i + batch]) for i in range(0, len(z), batch)])
+    set_noise_rng(G, None)
     G.train(was_training)
     return out
 
