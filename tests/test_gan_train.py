@@ -96,6 +96,7 @@ def test_synthetic_folder_recursive_with_duplicates_and_broken_files(synthetic: 
     assert len(_metrics(tmp_path / "m")) == 1
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(hubble_crops: Path, tmp_path: Path) -> None:
     whole, split = tmp_path / "whole", tmp_path / "split"
     _train(hubble_crops, whole, arch="diffaug", epochs=3, eval_every=2)
