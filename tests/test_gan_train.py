@@ -198,3 +198,14 @@ def test_unknown_augmentation_is_refused_before_anything_is_written(hubble_crops
     with pytest.raises(InvalidRequest, match="--augment 'colour,flip'"):
         _train(hubble_crops, tmp_path / "m", augment="colour,flip", epochs=1)
     assert not (tmp_path / "m").exists()
+
+
+def test_spatial_latent_trains_and_bad_latent_res_is_refused(hubble_crops: Path, tmp_path: Path) -> None:
+    _train(hubble_crops, tmp_path / "s", arch="diffaug", z_dim=32, latent_res=4, epochs=1)
+    model = load_model(tmp_path / "s")
+    assert model.spec.latent_res == 4 and model.generator.project[0].in_channels == 2
+    with pytest.raises(InvalidRequest, match="--latent-res 4"):
+        _train(hubble_crops, tmp_path / "d", arch="dcgan", latent_res=4, epochs=1)
+    with pytest.raises(InvalidRequest, match="--latent-res 16"):
+        _train(hubble_crops, tmp_path / "d", arch="diffaug", z_dim=256, latent_res=16, epochs=1)  # 16 > 32/4
+    assert not (tmp_path / "d").exists()

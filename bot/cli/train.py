@@ -24,6 +24,7 @@ from bot.cli.common import emit_json, progress_bar
 @click.option("--width", type=int, default=None, help="Channels at full resolution; doubles per halving [default: 32].")
 @click.option("--max-width", type=int, default=None, help="Channel cap [default: 256].")
 @click.option("--z-dim", type=int, default=None, help="Latent size [default: 128].")
+@click.option("--latent-res", type=int, default=None, help="diffaug: spatial latent of this resolution, z read as (z-dim/res², res, res) [default: 1, a vector].")
 @click.option("--augment", default=None, help="diffaug policy, comma-separated from color,translation,cutout [default: all three].")
 @click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 @click.option("--sample-every", type=int, default=5, show_default=True, help="Sample grid every N epochs.")

@@ -57,6 +57,13 @@ class ModelSpec:
     width: int = 32
     max_width: int = 256
     channels: int = 3
+    latent_res: int = 1
+
+    # ``latent_res`` > 1 (diffaug only) makes the latent spatial: z is read as a
+    # (z_dim / latent_res², latent_res, latent_res) noise map, as in Spatial GAN
+    # (Jetchin, Bergmann & Vollgraf 2016, "Texture Synthesis with Spatial GANs"):
+    # for stationary images such as a star field each region of the image then
+    # has its own noise and the generator learns local structure first.
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,14 +151,15 @@ class ConvGenerator(nn.Module):
         super().__init__()
         self.spec = spec
         resolutions = _resolutions(spec)
-        first = channels_at(spec, 4)
-        self.project = nn.Sequential(
-            nn.ConvTranspose2d(spec.z_dim, first, 4, 1, 0, bias=False),
-            nn.BatchNorm2d(first),
-            nn.ReLU(inplace=True),
-        )
+        start = max(4, spec.latent_res)
+        first = channels_at(spec, start)
+        if spec.latent_res > 1:  # spatial latent (Spatial GAN): a 3x3 convolution of the noise map
+            project: nn.Module = nn.Conv2d(spec.z_dim // spec.latent_res**2, first, 3, 1, 1, bias=False, padding_mode="reflect")
+        else:
+            project = nn.ConvTranspose2d(spec.z_dim, first, 4, 1, 0, bias=False)
+        self.project = nn.Sequential(project, nn.BatchNorm2d(first), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
-        for res in resolutions[1:]:
+        for res in [r for r in resolutions[1:] if r > start]:
             c_in, c_out = channels_at(spec, res // 2), channels_at(spec, res)
             if resize_conv:
                 # reflect padding: zero padding tells the network where the border is, and
@@ -165,7 +173,8 @@ class ConvGenerator(nn.Module):
         self.to_rgb = nn.Sequential(nn.Conv2d(spec.width, spec.channels, 3, 1, 1, padding_mode="reflect" if resize_conv else "zeros"), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.project(z.view(z.shape[0], -1, 1, 1))
+        r = self.spec.latent_res
+        x = self.project(z.view(z.shape[0], -1, r, r))
         return self.to_rgb(self.blocks(x))
 
 

@@ -57,7 +57,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "wgan-gp": {"lr": 1e-4, "b1": 0.0, "b2": 0.9, "n_critic": 5},
     "diffaug": {"lr": 2e-4, "b1": 0.5, "b2": 0.999, "n_critic": 1},
 }
-SPEC_FIELDS = ("arch", "img_size", "z_dim", "width", "max_width")
+SPEC_FIELDS = ("arch", "img_size", "z_dim", "width", "max_width", "latent_res")
 HYPER_FIELDS = ("lr", "b1", "b2", "n_critic", "clip_value", "gp_lambda", "batch_size", "seed", "ema_kimg", "augment")
 
 
@@ -73,6 +73,7 @@ class TrainConfig:
     z_dim: int | None = None
     width: int | None = None
     max_width: int | None = None
+    latent_res: int | None = None
     epochs: int = 50
     batch_size: int | None = None
     lr: float | None = None
@@ -167,7 +168,15 @@ def _resolve_new(config: TrainConfig) -> Resolved:
         z_dim=config.z_dim or 128,
         width=config.width or 32,
         max_width=config.max_width or 256,
+        latent_res=config.latent_res or 1,
     )
+    if spec.latent_res > 1:
+        r = spec.latent_res
+        if arch != "diffaug" or r & (r - 1) or r > spec.img_size // 4 or spec.z_dim % (r * r):
+            raise InvalidRequest(
+                f"--latent-res {r}: a spatial latent needs --arch diffaug, a power of two up to img-size/4 "
+                f"and a --z-dim divisible by {r * r} (got --arch {arch}, --z-dim {spec.z_dim})"
+            )
     return Resolved(
         spec=spec,
         batch_size=config.batch_size or 64,
