@@ -33,3 +33,16 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.setenv("BOT_PATHS_STATE", str(folder))
     return folder
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fake Instagram API on 127.0.0.1, and the bot configured (through
+    BOT_* variables only) to post to it from a small templates folder."""
+    from fake_instagram import FakeInstagram
+    from fake_instagram.harness import bot_env, write_templates
+
+    with FakeInstagram(tmp_path / "tls") as server:
+        for name, value in bot_env(server, tmp_path / "state", write_templates(tmp_path / "templates")).items():
+            monkeypatch.setenv(name, value)
+        yield server

@@ -4,28 +4,17 @@ schedule, appended (never overwritten), summarised and charted."""
 from __future__ import annotations
 
 import json
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_instagram import FakeInstagram  # noqa: E402
-from fake_instagram.harness import bot_env, run_cli, write_templates  # noqa: E402
+from fake_instagram.harness import run_cli
 
-from bot.config import load_settings  # noqa: E402
-from bot.engagement import collect_engagement, due_slot, engagement_summary, plot_engagement  # noqa: E402
-from bot.store import Store, iso, parse_iso  # noqa: E402
-
-
-@pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    with FakeInstagram(tmp_path / "tls") as server:
-        for name, value in bot_env(server, tmp_path / "state", write_templates(tmp_path / "templates")).items():
-            monkeypatch.setenv(name, value)
-        yield server
+from bot.config import load_settings
+from bot.engagement import collect_engagement, due_slot, engagement_summary, plot_engagement
+from bot.store import Store, iso, parse_iso
 
 
 def test_snapshots_accumulate_on_the_schedule(fake, tmp_path):

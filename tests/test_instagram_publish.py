@@ -8,24 +8,13 @@ import json
 import logging
 import os
 import stat
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_instagram import FakeInstagram  # noqa: E402
-from fake_instagram.harness import bot_env, run_cli, write_templates  # noqa: E402
+from fake_instagram.harness import run_cli
 
-from bot.store import Store  # noqa: E402
-
-
-@pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    with FakeInstagram(tmp_path / "tls") as server:
-        for name, value in bot_env(server, tmp_path / "state", write_templates(tmp_path / "templates")).items():
-            monkeypatch.setenv(name, value)
-        yield server
+from bot.store import Store
 
 
 def the_post(tmp_path: Path) -> dict:
