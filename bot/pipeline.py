@@ -24,6 +24,7 @@ from bot.captions import check_caption, render_caption
 from bot.config import Settings
 from bot.errors import BadInput, BotError, PublishCoolDown, PublishError, PublishPaused, UnfinishedPost
 from bot.publish import Publisher, Submission, get_publisher, resolve_publisher_name
+from bot.scheduling import choose_least_recent
 from bot.store import Store, check_state_dir, exclusive, iso, parse_iso, utcnow
 from bot.topics import Topic, get_topic, load_topics
 from generators import (
@@ -150,10 +151,8 @@ def _plan_new(
     if topic_slug is not None:
         candidates = [get_topic(topics, topic_slug)]
     else:
-        last = store.last_posted()
-        never_posted = [t for t in topics.values() if t.slug not in last]
-        posted = sorted((t for t in topics.values() if t.slug in last), key=lambda t: last[t.slug])
-        candidates = never_posted + posted
+        order = choose_least_recent(topics, store.last_posted()).order
+        candidates = [topics[slug] for slug in order]
     reasons = []
     for candidate in candidates:
         name = generator_name or candidate.generator
