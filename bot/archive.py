@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageCms, ImageOps
 
-from bot.store import atomic_write_bytes, atomic_write_text
+from bot.store import atomic_write_bytes, atomic_write_text, jsonable
 from generators import GenerationResult
 
 FILES = {
@@ -79,7 +79,7 @@ def save_generation(folder: Path, result: GenerationResult) -> dict[str, Any]:
         "loss_label": result.loss_label,
         "loss_curve": result.loss_curve,
         "snapshots": snapshot_files,
-        "extras": _jsonable(result.extras),
+        "extras": jsonable(result.extras),
         "size": list(result.image.size),
     }
     atomic_write_text(folder / FILES["generation"], json.dumps(report, indent=1))
@@ -137,17 +137,4 @@ def package_versions() -> dict[str, str]:
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    atomic_write_text(folder / FILES["manifest"], json.dumps(_jsonable(manifest), indent=2, sort_keys=True))
-
-
-def _jsonable(value: Any) -> Any:
-    """Generator extras may hold numpy numbers or paths; keep what JSON can hold."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+    atomic_write_text(folder / FILES["manifest"], json.dumps(jsonable(manifest), indent=2, sort_keys=True))

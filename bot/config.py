@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bot.errors import ConfigError
+from bot.store import jsonable
 
 # The folder that holds bot/, generators/, templates/ and models/.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -121,17 +122,7 @@ class Settings:
         for section, key in SECRET_KEYS:
             if mask_secrets and data[section].get(key):
                 data[section][key] = MASK
-        return _jsonable(data)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+        return jsonable(data)
 
 
 _SECTIONS = ("paths", "account", "publish", "posters", "instagram", "schedule")

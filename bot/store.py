@@ -106,6 +106,20 @@ def _umask() -> int:
     return mask
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` with only what JSON can hold: paths and other objects become
+    strings, numpy scalars plain numbers (generator extras carry both)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
 def atomic_write_bytes(path: Path, payload: bytes, *, mode: int | None = None) -> None:
     """Write ``payload`` to ``path`` so that readers see the old file or the new
     one, never a part: temp file in the same folder, fsync, rename, fsync folder.
