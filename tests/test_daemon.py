@@ -71,7 +71,10 @@ def test_posts_each_slot_once_and_sigterm_stops_cleanly(tmp_path) -> None:
     assert Counter(r["outcome"] for r in table(state, "runs") if r["job"] == "engagement")["collected"] >= 2
     for post in posts:
         assert f"post {post['id']}: slot {post['slot']} published" in daemon.output
-    assert stopped["last_outcome"]["job"] == "post"
+    # the heartbeat keeps the last job's outcome; the engagement job runs every 1.2 s,
+    # so it may be the one that finished just before SIGTERM
+    last = stopped["last_outcome"]
+    assert (last["job"], last["outcome"]) in {("post", "published"), ("engagement", "collected")}, last
 
 
 def test_a_second_daemon_on_the_same_state_is_refused(tmp_path) -> None:
