@@ -4,16 +4,23 @@ baseline) against faster settings of the same maths, measured in one process.
 Prints one JSON document (and writes it with ``--out``): device, torch version,
 threads, images/s and peak memory per variant, and the speedup over the baseline.
 
-Variants (each keeps the maths of a DCGAN step: same networks, losses, Adam):
+Variants (each keeps the maths of a DCGAN step: same networks, losses, Adam;
+each adds one change to the one before it):
 - ``baseline``: NCHW tensors, generator forward for the D step recorded by
-  autograd and then detached (the common ``G(z).detach()`` idiom), default Adam.
+  autograd and then detached (the common ``G(z).detach()`` idiom), default Adam,
+  glibc's malloc at its steady-state thresholds (set explicitly, because the
+  variants share one process and the allocator setting is process-wide).
 - ``no_grad_fake``: the D step's generator forward under ``torch.no_grad()``
   (identical values, no graph kept).
+- ``reuse_memory``: malloc keeps freed blocks for the next step instead of
+  unmapping them (``generators/host_memory.py``): no page faults per step.
+- ``frozen_d``: D's parameters do not require grad during the G step, so its
+  backward skips D's weight gradients, which the G step never uses.
 - ``channels_last``: + NHWC memory layout for weights and activations, which
   oneDNN's convolutions prefer on x86.
 - ``fused_adam``: + ``Adam(fused=True)`` (one kernel per parameter group).
 - ``compiled``: + ``torch.compile`` (Inductor fuses batch norm, activations and
-  the losses into C++ loops). Compile time is reported separately.
+  the losses into C++ loops). Compile time is reported in ``warmup_s``.
 
 On a GPU (when one is present) the same variants plus bf16 autocast are run.
 
@@ -35,48 +42,64 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from generators import host_memory  # noqa: E402
 from generators.gan.models import ModelSpec, build_discriminator, build_generator  # noqa: E402
 
 SPEC = ModelSpec(arch="dcgan", img_size=64, z_dim=100, width=64, max_width=512)
 BATCH = 64
 
 
+ORDER = ["baseline", "no_grad_fake", "reuse_memory", "frozen_d", "channels_last", "fused_adam", "compiled"]
+
+
+def features(variant: str) -> set[str]:
+    """The changes a variant makes: its own and those of every variant before it
+    in ``ORDER`` (``bf16``, GPU only, builds on ``fused_adam``)."""
+    if variant == "bf16":
+        return set(ORDER[1 : ORDER.index("fused_adam") + 1]) | {"bf16"}
+    return set(ORDER[1 : ORDER.index(variant) + 1])
+
+
 def make_step(variant: str, device: str):
     """Build networks and optimisers for ``variant``; return a function doing one DCGAN step."""
+    on = features(variant)
     torch.manual_seed(0)
     G, D = build_generator(SPEC).to(device), build_discriminator(SPEC).to(device)
-    channels_last = variant in ("channels_last", "fused_adam", "compiled", "bf16")
-    if channels_last:
+    if "channels_last" in on:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    fused = variant in ("fused_adam", "compiled", "bf16")
-    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused or None)
-    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused or None)
+    fused = "fused_adam" in on or None
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused)
     g_fwd, d_fwd = G, D
-    if variant == "compiled":
+    if "compiled" in on:
         g_fwd, d_fwd = torch.compile(G), torch.compile(D)
     real = torch.rand(BATCH, 3, 64, 64, device=device) * 2 - 1
-    if channels_last:
+    if "channels_last" in on:
         real = real.contiguous(memory_format=torch.channels_last)
     ones, zeros = torch.ones(BATCH, device=device), torch.zeros(BATCH, device=device)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=variant == "bf16")
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled="bf16" in on)
+    thresholds = host_memory.REUSE if "reuse_memory" in on else host_memory.GLIBC_STEADY_STATE
 
     def step() -> None:
+        host_memory.set_malloc_thresholds(*thresholds)
         z = torch.randn(BATCH, SPEC.z_dim, device=device)
         with autocast:
-            if variant == "baseline":
-                fake = g_fwd(z).detach()
-            else:
+            if "no_grad_fake" in on:
                 with torch.no_grad():
                     fake = g_fwd(z)
+            else:
+                fake = g_fwd(z).detach()
             loss_d = (F.binary_cross_entropy_with_logits(d_fwd(real).float(), ones) + F.binary_cross_entropy_with_logits(d_fwd(fake).float(), zeros)) / 2
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
+        D.requires_grad_("frozen_d" not in on)
         with autocast:
             loss_g = F.binary_cross_entropy_with_logits(d_fwd(g_fwd(torch.randn(BATCH, SPEC.z_dim, device=device))).float(), ones)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        D.requires_grad_(True)
 
     return step
 
@@ -128,7 +151,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--variants", default="baseline,no_grad_fake,channels_last,fused_adam")
+    parser.add_argument("--variants", default=",".join(ORDER[:-1]), help=f"comma-separated, from {ORDER} (compiled needs a C++ compiler and minutes)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:

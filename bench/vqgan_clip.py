@@ -3,7 +3,8 @@
 Uses the real architectures (taming's vqgan_imagenet_f16_16384 config, open_clip
 ViT-B-32) at random initialisation: the arithmetic per step is the same as with
 trained weights. In the same process it times a plain fp32 eager version of the
-same loop (per-crop cutout loop, NCHW, no autocast, no compile) as the baseline,
+same loop (per-crop cutout loop, NCHW, no autocast, no compile, glibc malloc's
+default thresholds) as the baseline,
 and prints one JSON document (also written to --out).
 
     python bench/vqgan_clip.py                                  # all sizes/cutouts
@@ -29,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from generators import host_memory  # noqa: E402
 from generators.vqgan_clip.clip_model import load_clip  # noqa: E402
 from generators.vqgan_clip.cutouts import CutoutSettings  # noqa: E402
 from generators.vqgan_clip.optimise import RunSettings, optimise  # noqa: E402
@@ -111,6 +113,10 @@ def run_one(vqgan, perceptor, prompts, size, cutouts, mode, warmup, timed, devic
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if not fast:
+        # The fast path makes malloc keep freed blocks (process-wide, see generators/host_memory.py);
+        # the baseline runs with glibc's own steady-state thresholds, even after a fast run.
+        host_memory.set_malloc_thresholds(*host_memory.GLIBC_STEADY_STATE)
     start = time.perf_counter()
     with PeakRSS() as rss:
         optimise(vqgan, perceptor, prompts, settings, seed=0, device=device, progress=progress)
