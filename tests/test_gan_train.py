@@ -209,3 +209,60 @@ def test_spatial_latent_trains_and_bad_latent_res_is_refused(hubble_crops: Path,
     with pytest.raises(InvalidRequest, match="--latent-res 16"):
         _train(hubble_crops, tmp_path / "d", arch="diffaug", z_dim=256, latent_res=16, epochs=1)  # 16 > 32/4
     assert not (tmp_path / "d").exists()
+
+
+def test_patch_discriminator_and_normless_generator(hubble_crops: Path, tmp_path: Path) -> None:
+    from generators.gan.models import ModelSpec, build_discriminator, build_generator
+
+    spec = ModelSpec(arch="diffaug", img_size=32, width=4, max_width=16, z_dim=8, g_norm="none", patch_res=8)
+    scores = build_discriminator(spec)(torch.zeros(3, 3, 32, 32))
+    assert scores.shape == (3 * 8 * 8,)  # one score per patch of an 8x8 grid
+    G = build_generator(spec)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in G.modules())
+    # the default spec keeps the DCGAN-style networks that older model folders were trained with
+    assert build_discriminator(ModelSpec(arch="diffaug", img_size=32, width=4, max_width=16))(torch.zeros(3, 3, 32, 32)).shape == (3,)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in build_generator(ModelSpec(arch="diffaug", img_size=32)).modules())
+
+    _train(hubble_crops, tmp_path / "p", arch="diffaug", g_norm="none", patch_res=8, epochs=1)
+    model = load_model(tmp_path / "p")
+    assert (model.spec.g_norm, model.spec.patch_res) == ("none", 8)
+    assert np.isfinite(_metrics(tmp_path / "p")[0]["d_loss"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"arch": "dcgan", "g_norm": "none"}, "--g-norm 'none'"),
+        ({"arch": "diffaug", "g_norm": "layer"}, "--g-norm 'layer'"),
+        ({"arch": "dcgan", "patch_res": 8}, "--patch-res 8"),
+        ({"arch": "diffaug", "patch_res": 6}, "--patch-res 6"),
+        ({"arch": "diffaug", "patch_res": 16}, "--patch-res 16"),  # 16 > 32/4
+    ],
+)
+def test_bad_generator_norm_or_patch_res_is_refused(overrides: dict, message: str, hubble_crops: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        _train(hubble_crops, tmp_path / "m", epochs=1, **overrides)
+    assert not (tmp_path / "m").exists()
+
+
+def test_generator_step_leaves_the_discriminator_without_gradients(hubble_crops: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The G step freezes D (its weight gradients are never used); D must be
+    trainable again for the next D step, and D's gradients come from its own step only."""
+    import importlib
+
+    train_module = importlib.import_module("generators.gan.train")
+
+    seen: list[tuple[bool, bool]] = []
+    original = train_module.g_loss
+
+    def spy(arch: str, fake_out: torch.Tensor) -> torch.Tensor:
+        seen.append((fake_out.requires_grad, any(p.requires_grad for p in discriminators[-1].parameters())))
+        return original(arch, fake_out)
+
+    discriminators: list[torch.nn.Module] = []
+    build = train_module.build_discriminator
+    monkeypatch.setattr(train_module, "build_discriminator", lambda spec: discriminators.append(build(spec)) or discriminators[-1])
+    monkeypatch.setattr(train_module, "g_loss", spy)
+    _train(hubble_crops, tmp_path / "f", arch="dcgan", epochs=1)
+    assert seen and all(grad_to_g and not d_trainable for grad_to_g, d_trainable in seen)
+    assert all(p.requires_grad for p in discriminators[-1].parameters())

@@ -58,12 +58,26 @@ class ModelSpec:
     max_width: int = 256
     channels: int = 3
     latent_res: int = 1
+    g_norm: str = "batch"
+    patch_res: int = 1
 
     # ``latent_res`` > 1 (diffaug only) makes the latent spatial: z is read as a
     # (z_dim / latent_res², latent_res, latent_res) noise map, as in Spatial GAN
-    # (Jetchin, Bergmann & Vollgraf 2016, "Texture Synthesis with Spatial GANs"):
+    # (Jetchev, Bergmann & Vollgraf 2016, "Texture Synthesis with Spatial GANs"):
     # for stationary images such as a star field each region of the image then
     # has its own noise and the generator learns local structure first.
+    #
+    # ``g_norm`` (diffaug only) is the generator's normalisation: "batch" (DCGAN)
+    # or "none" (plain convolutions with LeakyReLU). Batch norm forces every
+    # channel to zero mean and unit variance over the batch, so after the ReLU
+    # about half of each feature map is lit: sparse images (a few small
+    # galaxies on a black sky) come out as lit regions with contour-like edges.
+    #
+    # ``patch_res`` > 1 (diffaug only) makes the discriminator stop halving at
+    # that resolution and score every patch of an R×R grid (PatchGAN, Isola et al.
+    # 2017, "Image-to-Image Translation with Conditional Adversarial Networks";
+    # Spatial GAN's discriminator is fully convolutional in the same way): for a
+    # texture-like data set every image gives R² local verdicts instead of one.
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +152,14 @@ def set_noise_rng(G: nn.Module, rng: torch.Generator | None) -> None:
             module.rng = rng
 
 
+def _norm_act(spec: ModelSpec, channels: int) -> list[nn.Module]:
+    """What follows each generator convolution: batch norm + ReLU (DCGAN), or
+    LeakyReLU alone when ``spec.g_norm == "none"`` (see :class:`ModelSpec`)."""
+    if spec.g_norm == "none":
+        return [nn.LeakyReLU(0.2, inplace=True)]
+    return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+
+
 class ConvGenerator(nn.Module):
     """DCGAN generator: project z to 4x4, then double the resolution per block.
 
@@ -157,7 +179,7 @@ class ConvGenerator(nn.Module):
             project: nn.Module = nn.Conv2d(spec.z_dim // spec.latent_res**2, first, 3, 1, 1, bias=False, padding_mode="reflect")
         else:
             project = nn.ConvTranspose2d(spec.z_dim, first, 4, 1, 0, bias=False)
-        self.project = nn.Sequential(project, nn.BatchNorm2d(first), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(project, *_norm_act(spec, first))
         blocks: list[nn.Module] = []
         for res in [r for r in resolutions[1:] if r > start]:
             c_in, c_out = channels_at(spec, res // 2), channels_at(spec, res)
@@ -168,13 +190,15 @@ class ConvGenerator(nn.Module):
             else:
                 up = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
             noise = [NoiseInjection(c_out)] if resize_conv and res >= 16 else []
-            blocks.append(nn.Sequential(*up, *noise, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)))
+            blocks.append(nn.Sequential(*up, *noise, *_norm_act(spec, c_out)))
         self.blocks = nn.Sequential(*blocks)
         self.to_rgb = nn.Sequential(nn.Conv2d(spec.width, spec.channels, 3, 1, 1, padding_mode="reflect" if resize_conv else "zeros"), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         r = self.spec.latent_res
-        x = self.project(z.view(z.shape[0], -1, r, r))
+        # a spatial latent may come as a larger noise map: the network is fully
+        # convolutional, so it then draws a larger image (see sample.native_scale)
+        x = self.project(z if z.dim() == 4 else z.view(z.shape[0], -1, r, r))
         return self.to_rgb(self.blocks(x))
 
 
@@ -200,7 +224,8 @@ class MLPDiscriminator(nn.Module):
 
 
 class ConvDiscriminator(nn.Module):
-    """Strided-convolution discriminator halving the resolution down to 4x4.
+    """Strided-convolution discriminator halving the resolution down to 4x4
+    (one score per image), or down to ``spec.patch_res`` (a score per patch).
 
     ``norm`` is ``"batch"`` (DCGAN, WGAN), ``"none"`` (WGAN-GP: batch norm
     would couple the samples the gradient penalty treats separately) or
@@ -213,13 +238,17 @@ class ConvDiscriminator(nn.Module):
         super().__init__()
         wrap = spectral_norm if norm == "spectral" else (lambda m: m)
         layers: list[nn.Module] = [wrap(nn.Conv2d(spec.channels, spec.width, 3, 1, 1)), nn.LeakyReLU(0.2, inplace=True)]
-        for res in reversed(_resolutions(spec)[1:]):
+        last = max(4, spec.patch_res)
+        for res in reversed([r for r in _resolutions(spec)[1:] if r // 2 >= last]):
             c_in, c_out = channels_at(spec, res), channels_at(spec, res // 2)
             layers.append(wrap(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=norm != "batch")))
             if norm == "batch":
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
-        layers += [wrap(nn.Conv2d(channels_at(spec, 4), 1, 4, 1, 0))]
+        if spec.patch_res > 1:  # a score per patch, same grid size
+            layers += [wrap(nn.Conv2d(channels_at(spec, last), 1, 3, 1, 1))]
+        else:
+            layers += [wrap(nn.Conv2d(channels_at(spec, 4), 1, 4, 1, 0))]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ from generators.gan import diagnostics
 from generators.gan.augment import DEFAULT_POLICY, check_policy, diff_augment
 from generators.gan.data import load_images, to_float, to_uint8
 from generators.gan.models import ARCHS, DEFAULT_ARCH, MAX_SIZE, MIN_SIZE, ModelSpec, build_discriminator, build_generator, set_noise_rng
+from generators.host_memory import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "wgan-gp": {"lr": 1e-4, "b1": 0.0, "b2": 0.9, "n_critic": 5},
     "diffaug": {"lr": 2e-4, "b1": 0.5, "b2": 0.999, "n_critic": 1},
 }
-SPEC_FIELDS = ("arch", "img_size", "z_dim", "width", "max_width", "latent_res")
-HYPER_FIELDS = ("lr", "b1", "b2", "n_critic", "clip_value", "gp_lambda", "batch_size", "seed", "ema_kimg", "augment")
+G_NORMS = ("batch", "none")
+SPEC_FIELDS = ("arch", "img_size", "z_dim", "width", "max_width", "latent_res", "g_norm", "patch_res")
+HYPER_FIELDS = ("lr", "lr_d", "b1", "b2", "n_critic", "clip_value", "gp_lambda", "batch_size", "seed", "ema_kimg", "augment")
 
 
 @dataclass
@@ -74,9 +76,12 @@ class TrainConfig:
     width: int | None = None
     max_width: int | None = None
     latent_res: int | None = None
+    g_norm: str | None = None
+    patch_res: int | None = None
     epochs: int = 50
     batch_size: int | None = None
     lr: float | None = None
+    lr_d: float | None = None
     b1: float | None = None
     b2: float | None = None
     n_critic: int | None = None
@@ -98,6 +103,7 @@ class Resolved:
     spec: ModelSpec
     batch_size: int
     lr: float
+    lr_d: float
     b1: float
     b2: float
     n_critic: int
@@ -128,8 +134,10 @@ def check_config(config: TrainConfig) -> Resolved:
             raise InvalidRequest(f"--{name.replace('_', '-')} {value}: must be at least 1")
     if config.batch_size is not None and config.batch_size < 2:
         raise InvalidRequest(f"--batch-size {config.batch_size}: must be at least 2 (batch norm and accuracy need two images)")
-    if config.lr is not None and not (0 < config.lr < 1):
-        raise InvalidRequest(f"--lr {config.lr}: must be between 0 and 1")
+    for name in ("lr", "lr_d"):
+        value = getattr(config, name)
+        if value is not None and not (0 < value < 1):
+            raise InvalidRequest(f"--{name.replace('_', '-')} {value}: must be between 0 and 1")
     for name in ("b1", "b2"):
         value = getattr(config, name)
         if value is not None and not (0 <= value < 1):
@@ -169,6 +177,8 @@ def _resolve_new(config: TrainConfig) -> Resolved:
         width=config.width or 32,
         max_width=config.max_width or 256,
         latent_res=config.latent_res or 1,
+        g_norm=config.g_norm or "batch",
+        patch_res=config.patch_res or 1,
     )
     if spec.latent_res > 1:
         r = spec.latent_res
@@ -177,10 +187,17 @@ def _resolve_new(config: TrainConfig) -> Resolved:
                 f"--latent-res {r}: a spatial latent needs --arch diffaug, a power of two up to img-size/4 "
                 f"and a --z-dim divisible by {r * r} (got --arch {arch}, --z-dim {spec.z_dim})"
             )
+    if spec.g_norm not in G_NORMS or (spec.g_norm != "batch" and arch != "diffaug"):
+        raise InvalidRequest(f"--g-norm {spec.g_norm!r}: choose one of {', '.join(G_NORMS)}; 'none' needs --arch diffaug (got --arch {arch})")
+    if spec.patch_res > 1:
+        r = spec.patch_res
+        if arch != "diffaug" or r & (r - 1) or r < 4 or r > spec.img_size // 4:
+            raise InvalidRequest(f"--patch-res {r}: a patch discriminator needs --arch diffaug and a power of two from 4 to img-size/4 (got --arch {arch}, --img-size {spec.img_size})")
     return Resolved(
         spec=spec,
         batch_size=config.batch_size or 64,
         lr=config.lr if config.lr is not None else defaults["lr"],
+        lr_d=config.lr_d if config.lr_d is not None else (config.lr if config.lr is not None else defaults["lr"]),
         b1=config.b1 if config.b1 is not None else defaults["b1"],
         b2=config.b2 if config.b2 is not None else defaults["b2"],
         n_critic=config.n_critic or defaults["n_critic"],
@@ -197,7 +214,7 @@ def _resolve_from_checkpoint(config: TrainConfig, checkpoint: dict) -> Resolved:
     (a different network cannot load these weights; a different optimiser setting
     would silently break the "same numbers" promise)."""
     spec = ModelSpec.from_dict(checkpoint["spec"])
-    hyper = checkpoint["hyper"]
+    hyper = {"lr_d": checkpoint["hyper"]["lr"], **checkpoint["hyper"]}  # checkpoints before --lr-d used one rate
     mismatches = []
     for name in SPEC_FIELDS:
         given = getattr(config, name)
@@ -385,6 +402,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
         raise InvalidRequest(f"--data {str(config.data)!r}: only {len(images)} usable image; at least 2 are needed")
     if config.threads:
         torch.set_num_threads(config.threads)
+    reuse_freed_memory()  # no page faults per step for the large activation blocks (see host_memory)
 
     # 2. build networks and optimisers (seeded), or read them back from the checkpoint
     torch.manual_seed(resolved.seed)
@@ -392,10 +410,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
     G_ema = copy.deepcopy(G).requires_grad_(False)
     if spec.arch == "wgan":
         opt_g = torch.optim.RMSprop(G.parameters(), lr=resolved.lr)
-        opt_d = torch.optim.RMSprop(D.parameters(), lr=resolved.lr)
+        opt_d = torch.optim.RMSprop(D.parameters(), lr=resolved.lr_d)
     else:
         opt_g = torch.optim.Adam(G.parameters(), lr=resolved.lr, betas=(resolved.b1, resolved.b2))
-        opt_d = torch.optim.Adam(D.parameters(), lr=resolved.lr, betas=(resolved.b1, resolved.b2))
+        opt_d = torch.optim.Adam(D.parameters(), lr=resolved.lr_d, betas=(resolved.b1, resolved.b2))
     start_epoch, step, evaluations, best = 0, 0, [], None
     metrics_path = config.out / "metrics.jsonl"
     history: list[dict] = []
@@ -453,10 +471,12 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
 
             # 3b. generator step, every n_critic discriminator steps
             if step % resolved.n_critic == 0:
+                D.requires_grad_(False)  # the G step needs gradients through D, not D's own: skip computing them
                 loss_g = g_loss(spec.arch, D(augment(G(torch.randn(len(real), spec.z_dim)))))
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
+                D.requires_grad_(True)
                 update_ema(G_ema, G, len(real), step * len(real), resolved.ema_kimg)
                 sums["g_loss"] += loss_g.item()
                 g_steps += 1
