@@ -79,6 +79,7 @@ def test_registered_generator_upscales_and_reports_model(models_dir: Path) -> No
     result = generator.generate(request)
     assert result.image.size == (96, 96) and result.generator == "gan"
     assert result.parameters["native_size"] == 32 and result.parameters["upscaler"] == "lanczos"
+    assert result.parameters["drawn_size"] == 32  # a vector latent: drawn at the training size, then upscaled
     import hashlib
 
     weights = models_dir / "gan" / "tiny" / "generator.safetensors"
@@ -107,6 +108,24 @@ def test_registered_generator_missing_and_corrupt_models(models_dir: Path, tmp_p
     shutil.copy(models_dir / "gan" / "tiny" / "generator.safetensors", broken / "generator.safetensors")
     with pytest.raises(CorruptModel, match="does not match"):
         generator.check(GenerationRequest(model="broken", size=64))
+
+
+def test_spatial_latent_model_draws_posts_larger_than_its_training_size(tmp_path: Path) -> None:
+    from generators.gan import load_model, sample
+    from generators.gan.sample import MAX_NATIVE_SCALE, drawn_images, native_scale
+
+    make_crops(HUBBLE, tmp_path / "crops", size=32, count=12, seed=5)
+    out = tmp_path / "spatial"
+    train(TrainConfig(data=tmp_path / "crops", out=out, arch="diffaug", img_size=32, width=4, max_width=16, z_dim=32,
+                      latent_res=4, g_norm="none", patch_res=8, batch_size=4, epochs=1, eval_every=1, sample_every=1))
+    model = load_model(out)
+    assert [native_scale(model.spec, size) for size in (None, 32, 70, 96, 1350)] == [1, 1, 2, 3, MAX_NATIVE_SCALE]
+    drawn = drawn_images(model, [3], scale=3)[0]
+    assert drawn.size == (96, 96)  # drawn, not upscaled: a 12x12 noise map through the same convolutions
+    assert drawn.tobytes() == drawn_images(model, [3], scale=3)[0].tobytes()  # deterministic per seed
+    assert sample(model, 1, 3, size=96)[0].tobytes() == drawn.tobytes()
+    result = get_generator("gan", {}).generate(GenerationRequest(seed=3, size=200, model=str(out)))
+    assert result.parameters["drawn_size"] == 128 and result.image.size == (200, 200)
 
 
 def test_bundled_hubble_model_samples_a_dark_sky_with_bright_sources() -> None:

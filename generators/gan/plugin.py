@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from generators.errors import InvalidRequest
-from generators.gan.sample import MAX_OUTPUT_SIZE, LoadedModel, check_model, load_model, resolve_model_dir, sample, upscale
+from generators.gan.sample import MAX_OUTPUT_SIZE, LoadedModel, check_model, drawn_images, load_model, native_scale, resolve_model_dir, upscale
 from generators.registry import GenerationRequest, GenerationResult, register_generator
 
 DEFAULT_MODEL = "hubble-128"
@@ -59,7 +59,7 @@ class GanGenerator:
         self._load(model_dir)  # raises CorruptModel for broken weights or config
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        """One sample for ``request.seed``, upscaled to ``request.size`` square."""
+        """One sample for ``request.seed``, drawn at :func:`native_scale` and upscaled to ``request.size`` square."""
         self.check(request)
         started = time.perf_counter()
         if request.progress:
@@ -67,7 +67,7 @@ class GanGenerator:
         model = self._load(self._model_dir(request))
         loaded = time.perf_counter()
         with torch.no_grad():
-            native = sample(model, 1, request.seed)[0]
+            native = drawn_images(model, [request.seed], native_scale(model.spec, request.size))[0]
         image = upscale(native, request.size)
         if request.progress:
             request.progress(1, 1, {"stage": "done"})
@@ -80,6 +80,7 @@ class GanGenerator:
                 "model": str(model.path),
                 "arch": model.spec.arch,
                 "native_size": model.spec.img_size,
+                "drawn_size": native.width,
                 "size": request.size,
                 "upscaler": "lanczos",
                 "z_dim": model.spec.z_dim,
