@@ -133,6 +133,7 @@ def test_bundled_hubble_model_samples_a_dark_sky_with_bright_sources() -> None:
     generator = get_generator("gan", {"models_dir": str(REPO / "models")})
     result = generator.generate(GenerationRequest(seed=1, size=256, model="hubble-128"))
     assert result.parameters["native_size"] == 128 and result.image.size == (256, 256)
+    assert result.parameters["drawn_size"] == 256  # a spatial latent: drawn at 2x, not upscaled
     pixels = sorted(result.image.convert("L").tobytes())
     assert pixels[len(pixels) // 2] < 90  # mostly dark sky
     assert pixels[-len(pixels) // 200] > pixels[len(pixels) // 2] + 40  # with bright points
