@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from generators.host_memory import reuse_freed_memory
 from generators.vqgan_clip.clip_model import Perceptor
 from generators.vqgan_clip.cutouts import CutoutSettings, make_cutouts, make_cutouts_reference
 from generators.vqgan_clip.prompts import WeightedPrompt, prompt_loss
