@@ -237,9 +237,10 @@ def test_patch_discriminator_and_normless_generator(hubble_crops: Path, tmp_path
         ({"arch": "dcgan", "patch_res": 8}, "--patch-res 8"),
         ({"arch": "diffaug", "patch_res": 6}, "--patch-res 6"),
         ({"arch": "diffaug", "patch_res": 16}, "--patch-res 16"),  # 16 > 32/4
+        ({"lr_d": 2.0}, "--lr-d 2.0"),
     ],
 )
-def test_bad_generator_norm_or_patch_res_is_refused(overrides: dict, message: str, hubble_crops: Path, tmp_path: Path) -> None:
+def test_bad_generator_norm_patch_res_or_lr_d_is_refused(overrides: dict, message: str, hubble_crops: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match=message):
         _train(hubble_crops, tmp_path / "m", epochs=1, **overrides)
     assert not (tmp_path / "m").exists()
@@ -266,3 +267,14 @@ def test_generator_step_leaves_the_discriminator_without_gradients(hubble_crops:
     _train(hubble_crops, tmp_path / "f", arch="dcgan", epochs=1)
     assert seen and all(grad_to_g and not d_trainable for grad_to_g, d_trainable in seen)
     assert all(p.requires_grad for p in discriminators[-1].parameters())
+
+
+def test_checkpoint_from_before_the_new_options_resumes(hubble_crops: Path, tmp_path: Path) -> None:
+    """Model folders trained before --lr-d, --g-norm and --patch-res existed keep resuming."""
+    out = tmp_path / "old"
+    _train(hubble_crops, out, arch="diffaug", epochs=1)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    del checkpoint["hyper"]["lr_d"], checkpoint["spec"]["g_norm"], checkpoint["spec"]["patch_res"]
+    torch.save(checkpoint, out / "checkpoint.pt")
+    _train(hubble_crops, out, epochs=2, resume=True)
+    assert [row["epoch"] for row in _metrics(out)] == [1, 2]
