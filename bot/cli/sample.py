@@ -13,7 +13,7 @@ from bot.cli.common import AppContext, emit_json, pass_app
 @click.option("--model", required=True, help="Model folder, or a name under <models>/gan/ (e.g. hubble-128).")
 @click.option("--n", "n", type=int, default=16, show_default=True, help="Number of images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed SEED+i: same seed, same image.")
-@click.option("--size", type=int, default=None, help="Upscale to SIZE x SIZE with Lanczos [default: native size].")
+@click.option("--size", type=int, default=None, help="Output SIZE x SIZE: models with a spatial latent draw up to 4x their training size, then Lanczos does the rest [default: training size].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for sample-<seed>.png files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
 @pass_app
