@@ -80,6 +80,8 @@ def test_registered_generator_upscales_and_reports_model(models_dir: Path) -> No
     assert result.image.size == (96, 96) and result.generator == "gan"
     assert result.parameters["native_size"] == 32 and result.parameters["upscaler"] == "lanczos"
     assert result.parameters["drawn_size"] == 32  # a vector latent: drawn at the training size, then upscaled
+    # everything the archive records is plain data (no image object turned into "<PIL.Image ... at 0x...>")
+    assert json.loads(json.dumps({"parameters": result.parameters, "extras": result.extras})) == {"parameters": result.parameters, "extras": result.extras}
     import hashlib
 
     weights = models_dir / "gan" / "tiny" / "generator.safetensors"

@@ -67,8 +67,8 @@ class GanGenerator:
         model = self._load(self._model_dir(request))
         loaded = time.perf_counter()
         with torch.no_grad():
-            native = drawn_images(model, [request.seed], native_scale(model.spec, request.size))[0]
-        image = upscale(native, request.size)
+            drawn = drawn_images(model, [request.seed], native_scale(model.spec, request.size))[0]
+        image = upscale(drawn, request.size)
         if request.progress:
             request.progress(1, 1, {"stage": "done"})
         done = time.perf_counter()
@@ -80,7 +80,7 @@ class GanGenerator:
                 "model": str(model.path),
                 "arch": model.spec.arch,
                 "native_size": model.spec.img_size,
-                "drawn_size": native.width,
+                "drawn_size": drawn.width,
                 "size": request.size,
                 "upscaler": "lanczos",
                 "z_dim": model.spec.z_dim,
@@ -88,7 +88,6 @@ class GanGenerator:
             },
             models={"generator": {"name": model.path.name, "sha256": model.sha256}},
             timings={"load": loaded - started, "sample": done - loaded},
-            extras={"native_image": native},
         )
 
 
