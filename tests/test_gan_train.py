@@ -262,7 +262,12 @@ def test_generator_step_leaves_the_discriminator_without_gradients(hubble_crops:
 
     discriminators: list[torch.nn.Module] = []
     build = train_module.build_discriminator
-    monkeypatch.setattr(train_module, "build_discriminator", lambda spec: discriminators.append(build(spec)) or discriminators[-1])
+
+    def keep(spec):
+        discriminators.append(build(spec))
+        return discriminators[-1]
+
+    monkeypatch.setattr(train_module, "build_discriminator", keep)
     monkeypatch.setattr(train_module, "g_loss", spy)
     _train(hubble_crops, tmp_path / "f", arch="dcgan", epochs=1)
     assert seen and all(grad_to_g and not d_trainable for grad_to_g, d_trainable in seen)

@@ -170,6 +170,7 @@ def check_config(config: TrainConfig) -> Resolved:
 def _resolve_new(config: TrainConfig) -> Resolved:
     arch = config.arch or DEFAULT_ARCH
     defaults = ARCH_DEFAULTS[arch]
+    lr = config.lr if config.lr is not None else defaults["lr"]
     spec = ModelSpec(
         arch=arch,
         img_size=config.img_size or 64,
@@ -196,8 +197,8 @@ def _resolve_new(config: TrainConfig) -> Resolved:
     return Resolved(
         spec=spec,
         batch_size=config.batch_size or 64,
-        lr=config.lr if config.lr is not None else defaults["lr"],
-        lr_d=config.lr_d if config.lr_d is not None else (config.lr if config.lr is not None else defaults["lr"]),
+        lr=lr,
+        lr_d=config.lr_d if config.lr_d is not None else lr,
         b1=config.b1 if config.b1 is not None else defaults["b1"],
         b2=config.b2 if config.b2 is not None else defaults["b2"],
         n_critic=config.n_critic or defaults["n_critic"],
