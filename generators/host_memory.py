@@ -6,10 +6,12 @@ threshold adapts upwards but stops at 32 MiB on 64-bit systems, and a CPU
 training step frees and re-allocates activation blocks larger than that every
 step (a batch of 64 images with 64 channels at 64x64 is 64 MiB). Each step then
 page-faults those blocks back in, zero-filled by the kernel: a DCGAN 64x64
-benchmark on this project's 2-core machine took 2.7 million minor page faults
-and 10 s of kernel time per 3 steps. Raising the mmap and trim thresholds makes
-malloc keep and reuse the blocks: the same arithmetic, 1.3-1.4x faster DCGAN
-steps and about 1.25x faster VQGAN+CLIP steps there (``bench/``).
+benchmark on this project's 2-core machine took 2.1-2.7 million minor page faults
+and 6-10 s of kernel time per 3 steps. Raising the mmap and trim thresholds
+makes malloc keep and reuse the blocks: the same arithmetic, under 0.1 million
+faults and near-zero kernel time for the same 3 steps. How much wall-clock time
+that saves on that noisy machine is within its run-to-run variation (see the
+speed sections of ``docs/gan.md`` and ``docs/vqgan_clip.md``).
 
 The knobs are glibc's documented ``mallopt(3)`` parameters. jemalloc or tcmalloc
 by ``LD_PRELOAD`` would do the same, but must be chosen before the process
