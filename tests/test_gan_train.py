@@ -238,12 +238,44 @@ def test_patch_discriminator_and_normless_generator(hubble_crops: Path, tmp_path
         ({"arch": "diffaug", "patch_res": 6}, "--patch-res 6"),
         ({"arch": "diffaug", "patch_res": 16}, "--patch-res 16"),  # 16 > 32/4
         ({"lr_d": 2.0}, "--lr-d 2.0"),
+        ({"arch": "dcgan", "g_padding": "circular"}, "--g-padding 'circular'"),
+        ({"arch": "diffaug", "g_padding": "zeros"}, "--g-padding 'zeros'"),
     ],
 )
-def test_bad_generator_norm_patch_res_or_lr_d_is_refused(overrides: dict, message: str, hubble_crops: Path, tmp_path: Path) -> None:
+def test_bad_generator_norm_padding_patch_res_or_lr_d_is_refused(overrides: dict, message: str, hubble_crops: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match=message):
         _train(hubble_crops, tmp_path / "m", epochs=1, **overrides)
     assert not (tmp_path / "m").exists()
+
+
+def test_circular_padding_makes_the_generator_blind_to_the_border(hubble_crops: Path, tmp_path: Path) -> None:
+    """With circular padding, rolling the spatial noise (and the injected noise)
+    rolls the image by the same amount: no pixel is treated as a border pixel.
+    With reflect padding the border is visible to the network and the rolled
+    image differs. (Nearest upsampling doubles the shift at every block.)"""
+    from generators.gan.models import ModelSpec, build_generator, set_noise_rng
+
+    def rolled_difference(padding: str) -> float:
+        spec = ModelSpec(arch="diffaug", img_size=32, width=4, max_width=16, z_dim=64, latent_res=4, g_norm="none", g_padding=padding)
+        torch.manual_seed(0)
+        G = build_generator(spec).eval()
+        for module in G.modules():  # equivariance is about the convolutions: switch the per-pixel noise off
+            if hasattr(module, "rng"):
+                module.weight.data.zero_()
+        set_noise_rng(G, None)
+        z = torch.randn(1, 4, 4, 4)
+        with torch.no_grad():
+            image, shifted = G(z), G(torch.roll(z, shifts=(1, 2), dims=(2, 3)))
+        # relative to the image's own variation (a fresh network's output is faint)
+        return ((torch.roll(image, shifts=(8, 16), dims=(2, 3)) - shifted).abs().max() / image.std()).item()
+
+    assert rolled_difference("circular") < 1e-3
+    assert rolled_difference("reflect") > 0.1
+
+    _train(hubble_crops, tmp_path / "c", arch="diffaug", g_norm="none", g_padding="circular", latent_res=4, z_dim=64, epochs=1)
+    model = load_model(tmp_path / "c")
+    assert model.spec.g_padding == "circular"
+    assert model.generator.to_rgb[0].padding_mode == "circular"
 
 
 def test_generator_step_leaves_the_discriminator_without_gradients(hubble_crops: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,11 +307,11 @@ def test_generator_step_leaves_the_discriminator_without_gradients(hubble_crops:
 
 
 def test_checkpoint_from_before_the_new_options_resumes(hubble_crops: Path, tmp_path: Path) -> None:
-    """Model folders trained before --lr-d, --g-norm and --patch-res existed keep resuming."""
+    """Model folders trained before --lr-d, --g-norm, --patch-res and --g-padding existed keep resuming."""
     out = tmp_path / "old"
     _train(hubble_crops, out, arch="diffaug", epochs=1)
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
-    del checkpoint["hyper"]["lr_d"], checkpoint["spec"]["g_norm"], checkpoint["spec"]["patch_res"]
+    del checkpoint["hyper"]["lr_d"], checkpoint["spec"]["g_norm"], checkpoint["spec"]["patch_res"], checkpoint["spec"]["g_padding"]
     torch.save(checkpoint, out / "checkpoint.pt")
     _train(hubble_crops, out, epochs=2, resume=True)
     assert [row["epoch"] for row in _metrics(out)] == [1, 2]

@@ -29,6 +29,7 @@ from bot.cli.common import emit_json, progress_bar
 @click.option("--ema-kimg", type=float, default=None, help="Half-life of the generator's moving average, in thousands of images [default: 10].")
 @click.option("--g-norm", type=click.Choice(["batch", "none"]), default=None, help="diffaug: generator normalisation; 'none' suits sparse images such as star fields [default: batch].")
 @click.option("--patch-res", type=int, default=None, help="diffaug: the discriminator scores each patch of an R×R grid instead of the whole image [default: 1, whole image].")
+@click.option("--g-padding", type=click.Choice(["reflect", "circular"]), default=None, help="diffaug: padding of the generator's convolutions; 'circular' gives it no cue where the border is (no border artefacts; the images tile) [default: reflect].")
 @click.option("--augment", default=None, help="diffaug policy, comma-separated from color,translation,cutout [default: all three].")
 @click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 @click.option("--sample-every", type=int, default=5, show_default=True, help="Sample grid every N epochs.")

@@ -60,6 +60,7 @@ class ModelSpec:
     latent_res: int = 1
     g_norm: str = "batch"
     patch_res: int = 1
+    g_padding: str = "reflect"
 
     # ``latent_res`` > 1 (diffaug only) makes the latent spatial: z is read as a
     # (z_dim / latent_res², latent_res, latent_res) noise map, as in Spatial GAN
@@ -78,6 +79,15 @@ class ModelSpec:
     # 2017, "Image-to-Image Translation with Conditional Adversarial Networks";
     # Spatial GAN's discriminator is fully convolutional in the same way): for a
     # texture-like data set every image gives R² local verdicts instead of one.
+    #
+    # ``g_padding`` (diffaug only) pads the generator's 3x3 convolutions:
+    # "reflect" (the default, and what older model folders used) or "circular".
+    # Any padding that differs from the image's inside tells the network where
+    # the border is; the Hubble run with reflect padding grew bright smears along
+    # the borders after epoch 12 while its inside kept improving. With circular
+    # padding the network works on a torus: it cannot tell a border pixel from
+    # any other, so it cannot paint anything at the borders only (the images
+    # tile seamlessly as a side effect).
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,7 +186,7 @@ class ConvGenerator(nn.Module):
         start = max(4, spec.latent_res)
         first = channels_at(spec, start)
         if spec.latent_res > 1:  # spatial latent (Spatial GAN): a 3x3 convolution of the noise map
-            project: nn.Module = nn.Conv2d(spec.z_dim // spec.latent_res**2, first, 3, 1, 1, bias=False, padding_mode="reflect")
+            project: nn.Module = nn.Conv2d(spec.z_dim // spec.latent_res**2, first, 3, 1, 1, bias=False, padding_mode=spec.g_padding)
         else:
             project = nn.ConvTranspose2d(spec.z_dim, first, 4, 1, 0, bias=False)
         self.project = nn.Sequential(project, *_norm_act(spec, first))
@@ -184,15 +194,15 @@ class ConvGenerator(nn.Module):
         for res in [r for r in resolutions[1:] if r > start]:
             c_in, c_out = channels_at(spec, res // 2), channels_at(spec, res)
             if resize_conv:
-                # reflect padding: zero padding tells the network where the border is, and
-                # it paints a frame there (seen on the Hubble model)
-                up: list[nn.Module] = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False, padding_mode="reflect")]
+                # not zero padding: it tells the network where the border is, and it
+                # paints a frame there (seen on the Hubble model); see ModelSpec.g_padding
+                up: list[nn.Module] = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False, padding_mode=spec.g_padding)]
             else:
                 up = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
             noise = [NoiseInjection(c_out)] if resize_conv and res >= 16 else []
             blocks.append(nn.Sequential(*up, *noise, *_norm_act(spec, c_out)))
         self.blocks = nn.Sequential(*blocks)
-        self.to_rgb = nn.Sequential(nn.Conv2d(spec.width, spec.channels, 3, 1, 1, padding_mode="reflect" if resize_conv else "zeros"), nn.Tanh())
+        self.to_rgb = nn.Sequential(nn.Conv2d(spec.width, spec.channels, 3, 1, 1, padding_mode=spec.g_padding if resize_conv else "zeros"), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         r = self.spec.latent_res

@@ -59,7 +59,8 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "diffaug": {"lr": 2e-4, "b1": 0.5, "b2": 0.999, "n_critic": 1},
 }
 G_NORMS = ("batch", "none")
-SPEC_FIELDS = ("arch", "img_size", "z_dim", "width", "max_width", "latent_res", "g_norm", "patch_res")
+G_PADDINGS = ("reflect", "circular")
+SPEC_FIELDS = ("arch", "img_size", "z_dim", "width", "max_width", "latent_res", "g_norm", "patch_res", "g_padding")
 HYPER_FIELDS = ("lr", "lr_d", "b1", "b2", "n_critic", "clip_value", "gp_lambda", "batch_size", "seed", "ema_kimg", "augment")
 
 
@@ -78,6 +79,7 @@ class TrainConfig:
     latent_res: int | None = None
     g_norm: str | None = None
     patch_res: int | None = None
+    g_padding: str | None = None
     epochs: int = 50
     batch_size: int | None = None
     lr: float | None = None
@@ -180,6 +182,7 @@ def _resolve_new(config: TrainConfig) -> Resolved:
         latent_res=config.latent_res or 1,
         g_norm=config.g_norm or "batch",
         patch_res=config.patch_res or 1,
+        g_padding=config.g_padding or "reflect",
     )
     if spec.latent_res > 1:
         r = spec.latent_res
@@ -190,6 +193,8 @@ def _resolve_new(config: TrainConfig) -> Resolved:
             )
     if spec.g_norm not in G_NORMS or (spec.g_norm != "batch" and arch != "diffaug"):
         raise InvalidRequest(f"--g-norm {spec.g_norm!r}: choose one of {', '.join(G_NORMS)}; 'none' needs --arch diffaug (got --arch {arch})")
+    if spec.g_padding not in G_PADDINGS or (spec.g_padding != "reflect" and arch != "diffaug"):
+        raise InvalidRequest(f"--g-padding {spec.g_padding!r}: choose one of {', '.join(G_PADDINGS)}; 'circular' needs --arch diffaug (got --arch {arch})")
     if spec.patch_res > 1:
         r = spec.patch_res
         if arch != "diffaug" or r & (r - 1) or r < 4 or r > spec.img_size // 4:
