@@ -24,6 +24,11 @@ each adds one change to the one before it):
 
 On a GPU (when one is present) the same variants plus bf16 autocast are run.
 
+On the CPU each variant also reports the FLOPs of its step (convolutions and
+matrix products, ``torch.utils.flop_counter``) and the rate it reached, against
+the CPU's measured fp32 matrix-product rate (``bench/machine.py``): how far a
+variant is from the fastest that same-maths step could run here.
+
 Run: ``python bench/gan_train.py --steps 6 --out bench/results/gan_train-cpu.json``
 """
 
@@ -42,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import count_flops, cpu_sgemm_gflops  # noqa: E402
 from generators import host_memory  # noqa: E402
 from generators.gan.models import ModelSpec, build_discriminator, build_generator  # noqa: E402
 
@@ -123,6 +129,8 @@ def measure(variants: list[str], device: str, steps: int, rounds: int, args_warm
                 steppers[variant]()
             sync(device)
             results[variant] = {"warmup_s": round(time.perf_counter() - before, 2), "rates": []}
+            if "compiled" not in features(variant):  # the counter sees eager ops only
+                results[variant]["gflop_per_step"] = round(count_flops(steppers[variant]) / 1e9, 1)
         except Exception as exc:  # e.g. no C++ compiler for torch.compile
             results[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
             steppers.pop(variant, None)
@@ -141,6 +149,8 @@ def measure(variants: list[str], device: str, steps: int, rounds: int, args_warm
         rates = results[variant].pop("rates")
         results[variant]["images_per_s"] = round(statistics.median(rates), 2)
         results[variant]["images_per_s_rounds"] = [round(r, 2) for r in rates]
+        if "gflop_per_step" in results[variant]:
+            results[variant]["gflop_per_s"] = round(results[variant]["gflop_per_step"] * results[variant]["images_per_s"] / BATCH, 1)
     return results
 
 
@@ -159,7 +169,12 @@ def main() -> None:
     variants = args.variants.split(",")
     if args.device == "cuda" and "bf16" not in variants:
         variants.append("bf16")
+    sgemm = cpu_sgemm_gflops() if args.device == "cpu" else None
     results = measure(variants, args.device, args.steps, args.rounds, args.warmup)
+    if sgemm:
+        for data in results.values():
+            if "gflop_per_s" in data:
+                data["fraction_of_cpu_sgemm"] = round(data["gflop_per_s"] / sgemm, 3)
     base = results["baseline"]["images_per_s"]
     for variant, data in results.items():
         if "images_per_s" in data:
@@ -181,6 +196,7 @@ def main() -> None:
         "steps_per_round": args.steps,
         "warmup_steps": args.warmup,
         "rounds": args.rounds,
+        "cpu_sgemm_gflops": round(sgemm, 1) if sgemm else None,
         "baseline_images_per_s": base,
         "best_variant": best,
         "best_images_per_s": results[best]["images_per_s"],

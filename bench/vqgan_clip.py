@@ -10,8 +10,9 @@ and prints one JSON document (also written to --out).
     python bench/vqgan_clip.py                                  # all sizes/cutouts
     python bench/vqgan_clip.py --sizes 256 --cutouts 32 --out bench/results/vqgan_clip-cpu.json
 
-On a GPU it also reports the FLOPs of one step (torch.utils.flop_counter) and the
-achieved TFLOP/s against the device's peak.
+On a GPU (and on the CPU with --flops) it also reports the FLOPs of one step
+(torch.utils.flop_counter) and the achieved TFLOP/s, against the GPU's data-sheet
+peak or the CPU's measured fp32 matrix-product rate (bench/machine.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import count_flops, cpu_sgemm_gflops  # noqa: E402
 from generators import host_memory  # noqa: E402
 from generators.vqgan_clip.clip_model import load_clip  # noqa: E402
 from generators.vqgan_clip.cutouts import CutoutSettings  # noqa: E402
@@ -91,13 +93,8 @@ class PeakRSS:
 
 
 def step_flops(vqgan, perceptor, prompts, settings, device) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
     one = RunSettings(**{**settings.__dict__, "iterations": 1, "compile": "off"})
-    counter = FlopCounterMode(display=False)
-    with counter:
-        optimise(vqgan, perceptor, prompts, one, seed=0, device=device)
-    return float(counter.get_total_flops())
+    return count_flops(lambda: optimise(vqgan, perceptor, prompts, one, seed=0, device=device))
 
 
 def run_one(vqgan, perceptor, prompts, size, cutouts, mode, warmup, timed, device) -> dict:
@@ -155,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     vqgan = VQGAN(IMAGENET_F16_16384).eval().requires_grad_(False)
     perceptor = load_clip("ViT-B-32", None, device)
     prompts = parse_prompts("coral reef:1 | blurry:-0.5")
+    sgemm = cpu_sgemm_gflops() if device.type == "cpu" else None
     results = []
     for size in args.sizes:
         for cutouts in args.cutouts:
@@ -188,12 +186,15 @@ def main(argv: list[str] | None = None) -> dict:
                     if peak:
                         row["peak_bf16_tflops"] = peak
                         row["fraction_of_peak"] = row["achieved_tflops"] / peak
+                    if sgemm:
+                        row["fraction_of_cpu_sgemm"] = row["achieved_tflops"] * 1e3 / sgemm
     report = {
         "benchmark": "vqgan_clip step (decode + cutouts + CLIP + backward + Adam)",
         "device": device_name(device),
         "device_type": device.type,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpu_sgemm_gflops": sgemm,
         "vqgan_config": "vqgan_imagenet_f16_16384 (random init)",
         "clip": "ViT-B-32 (random init)",
         "warmup": args.warmup,

@@ -1,0 +1,41 @@
+"""What the CPU under a benchmark can do at best, so that a result can say how
+close to it the measured step runs.
+
+The "peak" here is measured, not taken from a data sheet: the median rate of a
+large fp32 matrix product (torch's BLAS) at the benchmark's thread count. A
+training step made of convolutions and matrix products cannot run faster than
+its FLOPs at this rate, so ``step FLOPs / this rate`` is the floor of its time
+under the same maths.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def cpu_sgemm_gflops(n: int = 2048, repeats: int = 7) -> float:
+    """Median GFLOP/s of an n×n×n fp32 matrix product on the CPU."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):  # warm up the BLAS threads and caches
+        a @ b
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
+def count_flops(fn) -> float:
+    """FLOPs of one call of ``fn`` (matrix products and convolutions, forward
+    and backward, as torch.utils.flop_counter counts them; elementwise ops are
+    not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
