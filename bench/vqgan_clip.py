@@ -93,8 +93,15 @@ class PeakRSS:
 
 
 def step_flops(vqgan, perceptor, prompts, settings, device) -> float:
-    one = RunSettings(**{**settings.__dict__, "iterations": 1, "compile": "off"})
-    return count_flops(lambda: optimise(vqgan, perceptor, prompts, one, seed=0, device=device))
+    """FLOPs of one loop iteration: a 2-iteration run minus a 1-iteration run,
+    so that the prompt embedding and the final decode and scoring, which every
+    run does once, are not counted as part of a step."""
+
+    def run(iterations: int) -> float:
+        short = RunSettings(**{**settings.__dict__, "iterations": iterations, "compile": "off"})
+        return count_flops(lambda: optimise(vqgan, perceptor, prompts, short, seed=0, device=device))
+
+    return run(2) - run(1)
 
 
 def run_one(vqgan, perceptor, prompts, size, cutouts, mode, warmup, timed, device) -> dict:
