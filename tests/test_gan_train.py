@@ -64,7 +64,8 @@ def test_each_arch_trains_on_hubble_crops(arch: str, hubble_crops: Path, tmp_pat
     for row in rows:
         assert all(np.isfinite(row[k]) for k in ("g_loss", "d_loss", "d_acc_real", "d_acc_fake"))
         assert 0.0 <= row["d_acc_real"] <= 1.0 and 0.0 <= row["d_acc_fake"] <= 1.0
-    assert "kid" in rows[-1] and "diversity" in rows[-1]
+    assert {"kid", "kid_floor", "kid_thumbnails", "kid_thumbnails_floor", "diversity"} <= rows[-1].keys()
+    assert all(np.isfinite(rows[-1][k]) for k in ("kid", "kid_thumbnails"))
     for name in ("generator.safetensors", "checkpoint.pt", "loss_curve.png", "report.json", "report.png", "samples/epoch-0002.png"):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
@@ -306,11 +307,16 @@ def test_generator_step_leaves_the_discriminator_without_gradients(hubble_crops:
 
 
 def test_checkpoint_from_before_the_new_options_resumes(hubble_crops: Path, tmp_path: Path) -> None:
-    """Model folders trained before --lr-d, --g-norm, --patch-res and --g-padding existed keep resuming."""
+    """Model folders trained before --lr-d, --g-norm, --patch-res, --g-padding and the
+    per-epoch thumbnail KID existed keep resuming (and their report still plots)."""
     out = tmp_path / "old"
     _train(hubble_crops, out, arch="diffaug", epochs=1)
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     del checkpoint["hyper"]["lr_d"], checkpoint["spec"]["g_norm"], checkpoint["spec"]["patch_res"], checkpoint["spec"]["g_padding"]
+    for evaluation in checkpoint["evaluations"]:  # nor did they keep the thumbnail KID per evaluation
+        del evaluation["kid_thumbnails"], evaluation["kid_thumbnails_floor"]
+    assert checkpoint["evaluations"]
     torch.save(checkpoint, out / "checkpoint.pt")
     _train(hubble_crops, out, epochs=2, resume=True)
     assert [row["epoch"] for row in _metrics(out)] == [1, 2]
+    assert (out / "report.png").stat().st_size > 0

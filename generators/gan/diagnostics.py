@@ -304,10 +304,17 @@ def plot_report(report: dict[str, Any], history: list[dict], evaluations: list[d
     ax.legend()
     ax = fig.add_subplot(grid[1, :4])
     if evaluations:
-        ax.plot([e["epoch"] for e in evaluations], [e["kid"] for e in evaluations], "o-", label="KID (random features)")
-        ax.axhline(evaluations[-1]["kid_floor"], color="grey", linestyle="--", label="real-vs-real floor")
+        ax.plot([e["epoch"] for e in evaluations], [e["kid"] for e in evaluations], "o-", color="C0", label="KID (random features)")
+        ax.axhline(evaluations[-1]["kid_floor"], color="C0", linestyle="--", label="its real-vs-real floor")
+        thumbs = [e for e in evaluations if "kid_thumbnails" in e]  # older checkpoints did not keep it
+        if thumbs:
+            ax.plot([e["epoch"] for e in thumbs], [e["kid_thumbnails"] for e in thumbs], "s-", color="C1", label="KID (thumbnails: colour, layout)")
+            ax.axhline(thumbs[-1]["kid_thumbnails_floor"], color="C1", linestyle=":", label="its real-vs-real floor")
         ax.set_yscale("symlog", linthresh=1e-3)
-        ax.legend()
+        # symlog's autoscale mirrors the range below zero; KID is only ever slightly negative
+        lowest = min(min(e["kid"], e["kid_floor"], e.get("kid_thumbnails", 0.0), e.get("kid_thumbnails_floor", 0.0)) for e in evaluations)
+        ax.set_ylim(bottom=min(0.0, lowest))
+        ax.legend(fontsize=7)
     ax.set_title("quality over training (lower is better)")
     ax = fig.add_subplot(grid[1, 4:])
     ax.axis("off")
@@ -316,7 +323,7 @@ def plot_report(report: dict[str, Any], history: list[dict], evaluations: list[d
     lines = [
         f"diversity ratio {m['diversity']['value']:.2f} (real {m['diversity']['floor']:.2f})",
         f"NN distance {m['nearest_neighbour']['value']:.3f} (real {m['nearest_neighbour']['floor']:.3f}), copies {m['nearest_neighbour']['copy_fraction']:.0%}",
-        f"KID {m['kid']['value']:.4f} (real {m['kid']['floor']:.4f})",
+        f"KID {m['kid']['value']:.4f} (real {m['kid']['floor']:.4f}), thumbnails {m['kid_thumbnails']['value']:.4f} (real {m['kid_thumbnails']['floor']:.4f})",
         report["stopping"]["advice"],
         "",
         text,
