@@ -26,8 +26,8 @@ On a GPU (when one is present) the same variants plus bf16 autocast are run.
 
 On the CPU each variant also reports the FLOPs of its step (convolutions and
 matrix products, ``torch.utils.flop_counter``) and the rate it reached, against
-the CPU's measured fp32 matrix-product rate (``bench/machine.py``): how far a
-variant is from the fastest that same-maths step could run here.
+the CPU's measured fp32 matrix-product rate (``bench/machine.py``): roughly how
+far a variant is from the fastest that same-maths step could run here.
 
 Run: ``python bench/gan_train.py --steps 6 --out bench/results/gan_train-cpu.json``
 """

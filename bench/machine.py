@@ -2,10 +2,10 @@
 close to it the measured step runs.
 
 The "peak" here is measured, not taken from a data sheet: the median rate of a
-large fp32 matrix product (torch's BLAS) at the benchmark's thread count. A
-training step made of convolutions and matrix products cannot run faster than
-its FLOPs at this rate, so ``step FLOPs / this rate`` is the floor of its time
-under the same maths.
+large fp32 matrix product (torch's BLAS) at the benchmark's thread count. It is
+a practical ceiling, not a hard one (a single well-shaped convolution can come
+within a few per cent of it or pass it slightly), so ``step FLOPs / this rate``
+is roughly the shortest time a step of the same maths can take here.
 """
 
 from __future__ import annotations
