@@ -58,7 +58,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "wgan-gp": {"lr": 1e-4, "b1": 0.0, "b2": 0.9, "n_critic": 5},
     "diffaug": {"lr": 2e-4, "b1": 0.5, "b2": 0.999, "n_critic": 1},
 }
-G_NORMS = ("batch", "none")
+G_NORMS = ("batch", "none")  # first: the default, and what older model folders used
 G_PADDINGS = ("reflect", "circular")
 SPEC_FIELDS = ("arch", "img_size", "z_dim", "width", "max_width", "latent_res", "g_norm", "patch_res", "g_padding")
 HYPER_FIELDS = ("lr", "lr_d", "b1", "b2", "n_critic", "clip_value", "gp_lambda", "batch_size", "seed", "ema_kimg", "augment")
@@ -180,9 +180,9 @@ def _resolve_new(config: TrainConfig) -> Resolved:
         width=config.width or 32,
         max_width=config.max_width or 256,
         latent_res=config.latent_res or 1,
-        g_norm=config.g_norm or "batch",
+        g_norm=config.g_norm or G_NORMS[0],
         patch_res=config.patch_res or 1,
-        g_padding=config.g_padding or "reflect",
+        g_padding=config.g_padding or G_PADDINGS[0],
     )
     if spec.latent_res > 1:
         r = spec.latent_res
@@ -191,10 +191,13 @@ def _resolve_new(config: TrainConfig) -> Resolved:
                 f"--latent-res {r}: a spatial latent needs --arch diffaug, a power of two up to img-size/4 "
                 f"and a --z-dim divisible by {r * r} (got --arch {arch}, --z-dim {spec.z_dim})"
             )
-    if spec.g_norm not in G_NORMS or (spec.g_norm != "batch" and arch != "diffaug"):
-        raise InvalidRequest(f"--g-norm {spec.g_norm!r}: choose one of {', '.join(G_NORMS)}; 'none' needs --arch diffaug (got --arch {arch})")
-    if spec.g_padding not in G_PADDINGS or (spec.g_padding != "reflect" and arch != "diffaug"):
-        raise InvalidRequest(f"--g-padding {spec.g_padding!r}: choose one of {', '.join(G_PADDINGS)}; 'circular' needs --arch diffaug (got --arch {arch})")
+    for name, allowed in (("g_norm", G_NORMS), ("g_padding", G_PADDINGS)):  # the first choice is the default
+        value = getattr(spec, name)
+        if value not in allowed or (value != allowed[0] and arch != "diffaug"):
+            raise InvalidRequest(
+                f"--{name.replace('_', '-')} {value!r}: choose one of {', '.join(allowed)}; "
+                f"{allowed[1]!r} needs --arch diffaug (got --arch {arch})"
+            )
     if spec.patch_res > 1:
         r = spec.patch_res
         if arch != "diffaug" or r & (r - 1) or r < 4 or r > spec.img_size // 4:
