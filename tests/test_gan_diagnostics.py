@@ -59,6 +59,22 @@ def test_memorising_generator_is_flagged(crops) -> None:
     assert report["_closest"][0][2] < nn["copy_threshold"]
 
 
+def test_a_copy_of_any_training_image_is_found_not_only_of_the_evaluated_subset(crops) -> None:
+    """The KID subset is capped (here at 16 of 96 images); the memorisation
+    search still covers every training image."""
+    from generators.gan.diagnostics import split_real
+
+    train, _ = crops
+    subset = set(split_real(train, max_images=16).indices.tolist())
+    outside = torch.tensor([i for i in range(len(train)) if i not in subset])
+    report = diagnose(lambda n: _noisy(train[outside[:n]], 4), train, max_images=16)
+    nn = report["measures"]["nearest_neighbour"]
+    assert nn["copy_fraction"] > 0.9
+    assert any(w.startswith("Memorisation") for w in report["warnings"])
+    i, j, _ = report["_closest"][0]
+    assert j == int(outside[i]) and j not in subset  # the pair shown is the sample and the image it copies
+
+
 def _history(d_loss: list[float], g_loss: list[float], acc: float) -> list[dict]:
     return [{"epoch": i + 1, "d_loss": d, "g_loss": g, "d_acc_real": acc, "d_acc_fake": acc} for i, (d, g) in enumerate(zip(d_loss, g_loss))]
 

@@ -61,6 +61,9 @@ def test_each_arch_trains_on_hubble_crops(arch: str, hubble_crops: Path, tmp_pat
     summary = _train(hubble_crops, out, arch=arch, epochs=2)
     rows = _metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
+    if arch in ("wgan", "wgan-gp"):  # 24 crops / batch 8 = 3 critic steps in epoch 1, fewer than n_critic 5:
+        assert rows[0]["g_loss"] is None  # no generator step yet, so no generator loss (not a false 0)
+        rows[0]["g_loss"] = 0.0
     for row in rows:
         assert all(np.isfinite(row[k]) for k in ("g_loss", "d_loss", "d_acc_real", "d_acc_fake"))
         assert 0.0 <= row["d_acc_real"] <= 1.0 and 0.0 <= row["d_acc_fake"] <= 1.0
@@ -320,3 +323,173 @@ def test_checkpoint_from_before_the_new_options_resumes(hubble_crops: Path, tmp_
     _train(hubble_crops, out, epochs=2, resume=True)
     assert [row["epoch"] for row in _metrics(out)] == [1, 2]
     assert (out / "report.png").stat().st_size > 0
+
+
+# --- bad settings, and what a months-long run needs to survive ------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"width": 64, "max_width": 32}, "--max-width 32: must be at least --width 64"),
+        ({"latent_res": -1}, "--latent-res -1: must be at least 1"),
+        ({"arch": "diffaug", "latent_res": 2, "z_dim": 32}, "--latent-res 2: .* a power of two from 4"),
+        ({"patch_res": 0}, "--patch-res 0: must be at least 1"),
+        ({"threads": -1}, "--threads -1: must be at least 1"),
+        ({"threads": 0}, "--threads 0: must be at least 1"),
+        ({"seed": 2**70}, "--seed 1180591620717411303424: must be from 0"),
+        ({"seed": -3}, "--seed -3"),
+        ({"ema_kimg": -5.0}, "--ema-kimg -5.0: must be 0 or more"),
+        ({"gp_lambda": float("nan")}, "--gp-lambda nan"),
+        ({"device": "tpu"}, "--device 'tpu': choose auto, cpu, cuda or cuda:N"),
+        ({"device": "cuda:x"}, "--device 'cuda:x'"),
+        ({"arch": "gan", "img_size": 256}, "--img-size 256: --arch gan .* goes up to 128"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(overrides: dict, message: str, hubble_crops: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        _train(hubble_crops, tmp_path / "m", epochs=1, **overrides)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_device_without_a_gpu_is_a_clear_error(hubble_crops: Path, tmp_path: Path) -> None:
+    from generators.gan.train import resolve_device
+
+    with pytest.raises(InvalidRequest, match="--device 'cuda': torch sees no CUDA GPU"):
+        _train(hubble_crops, tmp_path / "m", epochs=1, device="cuda")
+    assert not (tmp_path / "m").exists()
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_model_folder_inside_the_data_folder_is_refused(hubble_crops: Path, tmp_path: Path) -> None:
+    data = tmp_path / "photos"
+    data.mkdir()
+    for path in sorted(hubble_crops.glob("*.png"))[:8]:
+        (data / path.name).write_bytes(path.read_bytes())
+    before = _snapshot(data)
+    with pytest.raises(InvalidRequest, match="--out .* is inside --data"):
+        _train(data, data / "model", epochs=1)
+    with pytest.raises(InvalidRequest, match="--data .* is inside --out"):
+        _train(data, tmp_path, epochs=1)
+    assert _snapshot(data) == before
+
+
+def test_too_few_images_is_a_clear_error(hubble_crops: Path, tmp_path: Path) -> None:
+    data = tmp_path / "three"
+    data.mkdir()
+    for path in sorted(hubble_crops.glob("*.png"))[:3]:
+        (data / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(InvalidRequest, match="only 3 usable image.*at least 4"):
+        _train(data, tmp_path / "m", epochs=1)
+    assert not (tmp_path / "m").exists()
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped_to_white(tmp_path: Path) -> None:
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    opened = Image.open(tmp_path / "ramp16.png")
+    assert opened.mode.startswith("I")  # what Pillow gives for a 16-bit PNG
+    images, report = load_images(tmp_path, 32)
+    assert report.used == ["ramp16.png"]
+    values = images[0].float()
+    assert 100 < values.mean() < 155  # a ramp from black to white, not ~255 everywhere
+    assert values.min() < 20 and values.max() > 235
+    assert torch.equal(images[0, 0], images[0, 1])  # grey: the same in every channel
+
+
+def test_skipped_files_are_logged_before_training(synthetic: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in list(synthetic.rglob("*.png"))[:5]:
+        (data / path.name).write_bytes(path.read_bytes())
+    (data / "broken.jpg").write_bytes(b"not a jpeg")
+    with caplog.at_level("WARNING", logger="generators.gan.data"):
+        load_images(data, 32)
+    assert "using 5 images, skipped 1 unreadable (e.g. broken.jpg" in caplog.text
+
+
+def test_data_cache_ignores_how_the_folder_is_named_and_keeps_one_copy(hubble_crops: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "m"
+    monkeypatch.chdir(hubble_crops.parent)
+    _train(Path(hubble_crops.name), out, arch="dcgan", epochs=1)
+    caches = list((out / "cache").glob("data-*.pt"))
+    assert len(caches) == 1
+    _, report = load_images(hubble_crops.resolve(), 32, cache_dir=out / "cache")  # absolute path: same cache
+    assert report.cached and report.cache_file == caches[0]
+    (out / "cache" / "data-0123456789abcdef.pt").write_bytes(b"an older copy of the data set")
+    _train(hubble_crops, out, epochs=2, resume=True)
+    assert list((out / "cache").glob("data-*.pt")) == caches
+
+
+def test_previous_checkpoint_is_kept_and_named_when_the_last_one_is_broken(hubble_crops: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    _train(hubble_crops, out, arch="dcgan", epochs=2)
+    assert torch.load(out / "checkpoint-prev.pt", weights_only=False)["epoch"] == 1
+    (out / "checkpoint.pt").write_bytes(b"\x00half a checkpoint")  # e.g. a power cut on a file system without ordering
+    with pytest.raises(CorruptModel, match=r"previous epoch's checkpoint is kept beside it: `mv .*checkpoint-prev.pt .*checkpoint.pt`"):
+        train(TrainConfig(data=hubble_crops, out=out, epochs=3, resume=True))
+    os.replace(out / "checkpoint-prev.pt", out / "checkpoint.pt")
+    train(TrainConfig(data=hubble_crops, out=out, epochs=3, resume=True, eval_every=1, sample_every=1))
+    assert [row["epoch"] for row in _metrics(out)] == [1, 2, 3]  # epoch 2 trained again, not listed twice
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused(hubble_crops: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    out = tmp_path / "m"
+    _train(hubble_crops, out, arch="dcgan", epochs=1)
+    before = _snapshot(out)
+    with (out / ".train.lock").open("a") as held:  # as a running `bot train` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(InvalidRequest, match="another `bot train` is training into this folder"):
+            train(TrainConfig(data=hubble_crops, out=out, epochs=2, resume=True))
+    assert _snapshot(out) == before
+    train(TrainConfig(data=hubble_crops, out=out, epochs=2, resume=True))  # free again once released
+
+
+def test_resume_survives_a_damaged_metrics_file(hubble_crops: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    _train(hubble_crops, out, arch="dcgan", epochs=2)
+    rows = _metrics(out)
+    (out / "metrics.jsonl").write_text(json.dumps(rows[0]) + '\n{"epoch": 2, "g_lo')  # a crash mid-write
+    train(TrainConfig(data=hubble_crops, out=out, epochs=3, resume=True))
+    resumed = _metrics(out)
+    assert resumed[:2] == rows and resumed[2]["epoch"] == 3  # rebuilt from the checkpoint's own history
+
+
+def test_resume_on_other_images_is_refused_unless_asked_for(hubble_crops: Path, tmp_path: Path) -> None:
+    out, other = tmp_path / "m", tmp_path / "other"
+    _train(hubble_crops, out, arch="dcgan", epochs=1)
+    make_crops(HUBBLE, other, size=32, count=24, seed=99)
+    before = _snapshot(out)
+    with pytest.raises(InvalidRequest, match=r"not the images this model was trained on \(24 images from .*; now 24\).*--new-data"):
+        train(TrainConfig(data=other, out=out, epochs=2, resume=True))
+    assert _snapshot(out) == before
+    moved = tmp_path / "moved"
+    hubble_crops.rename(moved)  # the same images elsewhere are the same data
+    try:
+        train(TrainConfig(data=moved, out=out, epochs=2, resume=True))
+    finally:
+        moved.rename(hubble_crops)
+    summary = train(TrainConfig(data=other, out=out, epochs=3, resume=True, new_data=True, eval_every=1))
+    assert summary["best"]["epoch"] == 3  # the best-checkpoint search started again on the new images
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["data"]["path"] == str(other)
+
+
+def test_sample_the_last_epoch_and_refuse_out_of_range_seeds(hubble_crops: Path, tmp_path: Path) -> None:
+    from generators.gan.sample import sample_to_dir
+
+    out = tmp_path / "m"
+    _train(hubble_crops, out, arch="dcgan", epochs=2, eval_every=5)  # evaluated at epoch 2 only: best == last
+    best = sample_to_dir(out, tmp_path / "best", n=1, seed=4)[0].read_bytes()
+    last = sample_to_dir(out, tmp_path / "last", n=1, seed=4, weights="last")[0].read_bytes()
+    assert best == last
+    (out / "generator-last.safetensors").unlink()
+    with pytest.raises(Exception, match="generator-last.safetensors"):
+        sample_to_dir(out, tmp_path / "x", n=1, seed=4, weights="last")
+    with pytest.raises(InvalidRequest, match="--weights 'first'"):
+        sample_to_dir(out, tmp_path / "x", n=1, seed=4, weights="first")
+    with pytest.raises(InvalidRequest, match="--seed 9223372036854775807: must be from 0 to 9223372036854775806"):
+        sample_to_dir(out, tmp_path / "x", n=2, seed=2**63 - 1)
+    assert not (tmp_path / "x").exists()

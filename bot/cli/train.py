@@ -22,6 +22,7 @@ from bot.cli.common import emit_json, progress_bar
 @click.option("--b2", type=float, default=None, help="Adam beta2 [default: 0.999; wgan-gp 0.9].")
 @click.option("--n-critic", type=int, default=None, help="Discriminator steps per generator step [default: 5 for wgan/wgan-gp, else 1].")
 @click.option("--clip-value", type=float, default=None, help="WGAN weight clipping [default: 0.01].")
+@click.option("--gp-lambda", type=float, default=None, help="WGAN-GP gradient penalty weight [default: 10].")
 @click.option("--width", type=int, default=None, help="Channels at full resolution; doubles per halving [default: 32].")
 @click.option("--max-width", type=int, default=None, help="Channel cap [default: 256].")
 @click.option("--z-dim", type=int, default=None, help="Latent size [default: 128].")
@@ -35,7 +36,9 @@ from bot.cli.common import emit_json, progress_bar
 @click.option("--sample-every", type=int, default=5, show_default=True, help="Sample grid every N epochs.")
 @click.option("--eval-every", type=int, default=5, show_default=True, help="Diagnostics (and best checkpoint) every N epochs.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch [default: torch's choice].")
+@click.option("--device", default="auto", show_default=True, help="auto (the GPU when torch sees one), cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out exactly where it stopped.")
+@click.option("--new-data", is_flag=True, help="With --resume: go on training on a --data folder that has changed since the checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(as_json: bool, **options) -> None:
     """Train a GAN and write its model folder (weights, metrics.jsonl, sample
@@ -47,6 +50,7 @@ def command(as_json: bool, **options) -> None:
         bot train --data data/sky --out models/gan/sky --epochs 40
         bot train --data data/sky --out models/gan/sky --epochs 80 --resume
         bot train --data photos/ --arch dcgan --img-size 64 --out models/gan/oaks
+        bot train --data data/sky --out models/gan/sky-gpu --img-size 128 --device cuda
     """
     from generators.gan import TrainConfig, train
 

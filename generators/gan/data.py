@@ -35,6 +35,7 @@ class DatasetReport:
     duplicates: list[str] = field(default_factory=list)
     too_small: list[str] = field(default_factory=list)
     cached: bool = False
+    cache_file: Path | None = None  # where the decoded tensor is (or is to be) cached
 
     def to_dict(self) -> dict:
         return {
@@ -52,10 +53,25 @@ def find_image_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(data_dir).parts))
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. Pillow's own conversion clips 16-bit and 32-bit greyscale
+    (scientific and astronomical images often are) to white, so those are
+    scaled down first: 16-bit by its full range, float by its own min and max."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if image.mode != "I" or values.max() > 255 else 1.0  # 32-bit "I" may hold 8-bit values
+        image = Image.fromarray((values / scale).clip(0, 255).round().astype(np.uint8))
+    elif image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        low, high = values.min(), values.max()
+        image = Image.fromarray(((values - low) / ((high - low) or 1.0) * 255).round().astype(np.uint8))
+    return image.convert("RGB")
+
+
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
     """Largest centred square, resized to ``size`` with Lanczos (downscaling
     only: smaller images are rejected before this)."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
+    image = to_rgb(ImageOps.exif_transpose(image))
     return ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
 
 
@@ -72,12 +88,13 @@ def check_data_dir(data_dir: Path) -> list[Path]:
     return files
 
 
-def _cache_key(files: list[Path], size: int) -> str:
-    """Changes whenever a file is added, removed, replaced or touched, or the size changes."""
+def _cache_key(data_dir: Path, files: list[Path], size: int) -> str:
+    """Changes whenever a file is added, removed, replaced or touched, or the size
+    changes; not when the folder is named by another path (relative, absolute)."""
     digest = hashlib.sha256(f"v{CACHE_VERSION}:{size}".encode())
     for path in files:
         stat = path.stat()
-        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path.relative_to(data_dir)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -85,21 +102,22 @@ def load_images(data_dir: Path, size: int, cache_dir: Path | None = None) -> tup
     """Decode every usable image under ``data_dir`` to an ``(N, 3, size, size)``
     uint8 tensor (kept as uint8 to save memory; batches are scaled to [-1, 1]).
 
-    With ``cache_dir`` the decoded tensor is stored there and reused while the
-    folder is unchanged, so a resumed or repeated run does not decode again.
+    With ``cache_dir`` a decoded tensor cached there is reused while the folder
+    is unchanged, so a resumed or repeated run does not decode again; the caller
+    stores a fresh one with :func:`update_cache` once it has accepted the data.
     """
     files = check_data_dir(data_dir)
-    cache_path = cache_dir / f"data-{_cache_key(files, size)}.pt" if cache_dir else None
+    cache_path = cache_dir / f"data-{_cache_key(data_dir, files, size)}.pt" if cache_dir else None
     if cache_path and cache_path.exists():
         try:
             cached = torch.load(cache_path, weights_only=False)
-            report = DatasetReport(**cached["report"])
-            report.cached = True
+            report = DatasetReport(**cached["report"], cached=True, cache_file=cache_path)
+            _log_skipped(data_dir, report)
             return cached["images"], report
         except Exception as exc:  # a broken cache is only a cache: decode again
             log.warning("ignoring unreadable data cache %s: %s", cache_path, exc)
 
-    report = DatasetReport()
+    report = DatasetReport(cache_file=cache_path)
     seen: set[str] = set()
     arrays: list[np.ndarray] = []
     for path in files:
@@ -131,13 +149,33 @@ def load_images(data_dir: Path, size: int, cache_dir: Path | None = None) -> tup
             f"--data {str(data_dir)!r}: no usable image: {'; '.join(reasons) or 'all duplicates'}; "
             f"images must be at least {size}x{size} pixels (lower --img-size or use larger images)"
         )
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    if cache_path:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".tmp")
-        torch.save({"images": images, "report": {k: v for k, v in report.__dict__.items() if k != "cached"}}, tmp)
-        tmp.replace(cache_path)
-    return images, report
+    _log_skipped(data_dir, report)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), report
+
+
+def _log_skipped(data_dir: Path, report: DatasetReport) -> None:
+    """Say what was skipped before training starts, not only in the summary at its end."""
+    skipped = [(name, items) for name, items in (("unreadable", report.unreadable), ("duplicates", report.duplicates), ("too small", report.too_small)) if items]
+    if skipped:
+        details = "; ".join(f"{len(items)} {name} (e.g. {items[0]})" for name, items in skipped)
+        log.warning("%s: using %d images, skipped %s", data_dir, len(report.used), details)
+
+
+def update_cache(images: torch.Tensor, report: DatasetReport) -> None:
+    """Store freshly decoded images in the report's cache file and delete the
+    folder's older caches (each is a full copy of the data set, and a folder
+    that changes over months would otherwise pile them up)."""
+    if report.cache_file is None:
+        return
+    if not report.cached:
+        report.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = report.cache_file.with_suffix(".tmp")
+        saved = {k: v for k, v in report.__dict__.items() if k not in ("cached", "cache_file")}
+        torch.save({"images": images, "report": saved}, tmp)
+        tmp.replace(report.cache_file)
+    for old in report.cache_file.parent.glob("data-*.pt"):
+        if old != report.cache_file:
+            old.unlink()
 
 
 def to_float(batch: torch.Tensor) -> torch.Tensor:

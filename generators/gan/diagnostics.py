@@ -124,10 +124,12 @@ def standardise(reference: torch.Tensor, *others: torch.Tensor) -> list[torch.Te
 @dataclass
 class RealSplit:
     """Real images for the diagnostics: ``a`` is the reference half, ``b`` the
-    half used for the real-vs-real floor; ``all`` both."""
+    half used for the real-vs-real floor; ``all`` both, which are images
+    ``indices`` of the training set."""
 
     a: torch.Tensor
     b: torch.Tensor
+    indices: torch.Tensor
 
     @property
     def all(self) -> torch.Tensor:
@@ -139,12 +141,35 @@ def split_real(images: torch.Tensor, max_images: int = 512, seed: int = 0) -> Re
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(images), generator=generator)[:max_images]
     half = max(1, len(order) // 2)
-    return RealSplit(images[order[:half]], images[order[half:]])
+    return RealSplit(images[order[:half]], images[order[half:]], order)
 
 
-def quality_measures(fake: torch.Tensor, real: RealSplit) -> dict[str, Any]:
+def nearest_training_images(queries: torch.Tensor, training: torch.Tensor, exclude: torch.Tensor | None = None, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query, the per-pixel Euclidean distance (at 64x64) to its closest
+    training image and that image's index. ``exclude[i]`` is query i's own index
+    in ``training`` (leave-one-out). Every training image is searched, in chunks,
+    so a copy of any one of them is found in a large set too."""
+    q = _prepare(queries).flatten(1).double()
+    scale = math.sqrt(q.shape[1])
+    best = torch.full((len(q),), float("inf"), dtype=torch.float64)
+    best_index = torch.zeros(len(q), dtype=torch.long)
+    for start in range(0, len(training), chunk):
+        block = _prepare(training[start : start + chunk]).flatten(1).double()
+        dist = torch.cdist(q, block) / scale
+        if exclude is not None:
+            own = ((exclude >= start) & (exclude < start + len(block))).nonzero().squeeze(1)
+            dist[own, exclude[own] - start] = float("inf")
+        value, index = dist.min(dim=1)
+        closer = value < best
+        best[closer], best_index[closer] = value[closer], index[closer] + start
+    return best, best_index
+
+
+def quality_measures(fake: torch.Tensor, real: RealSplit, training: torch.Tensor | None = None) -> dict[str, Any]:
     """KID, diversity and nearest-neighbour measures of ``fake`` against the
-    real images, each with its real-vs-real floor."""
+    real images, each with its real-vs-real floor. The nearest-neighbour search
+    covers ``training`` (the whole training set, whose images ``real.indices``
+    are) or, without it, ``real.all``; the ``_closest`` pairs index into it."""
     fa, fb, ff = standardise(features(real.a), features(real.b), features(fake))
     ta, tb, tf = standardise(thumbnails(real.a), thumbnails(real.b), thumbnails(fake))
 
@@ -152,14 +177,12 @@ def quality_measures(fake: torch.Tensor, real: RealSplit) -> dict[str, Any]:
     diversity_fake = mean_pairwise_distance(ff)
 
     # memorisation: nearest neighbours in pixel space at 64x64 (the seed's Euclidean check)
-    pixels_real = _prepare(real.all).flatten(1).double()
-    pixels_fake = _prepare(fake).flatten(1).double()
-    scale = math.sqrt(pixels_real.shape[1])
-    real_dist = torch.cdist(pixels_real, pixels_real) / scale
-    real_dist.fill_diagonal_(float("inf"))
-    real_nn = real_dist.min(dim=1).values
-    fake_dist = torch.cdist(pixels_fake, pixels_real) / scale
-    fake_nn, fake_nn_index = fake_dist.min(dim=1)
+    if training is None:
+        training, own = real.all, torch.arange(len(real.all))
+    else:
+        own = real.indices
+    real_nn, _ = nearest_training_images(real.all, training, exclude=own)
+    fake_nn, fake_nn_index = nearest_training_images(fake, training)
     copy_threshold = 0.5 * float(torch.quantile(real_nn, 0.05))
     copy_fraction = float((fake_nn < copy_threshold).double().mean())
 
@@ -192,10 +215,11 @@ def convergence_check(history: list[dict], window: int = 3) -> dict[str, Any]:
         return result
     recent = history[-window:]
     result["discriminator_wins"] = all(h["d_acc_real"] > 0.97 and h["d_acc_fake"] > 0.97 and abs(h["d_loss"]) < 0.1 for h in recent)
-    half = [h["g_loss"] for h in history[len(history) // 2 :]]
+    g_losses = [h["g_loss"] for h in history if h["g_loss"] is not None]  # None: an epoch without a generator step
+    half = g_losses[len(g_losses) // 2 :]
     if len(half) >= window:
         slope = float(np.polyfit(np.arange(len(half)), half, 1)[0])
-        spread = float(np.std([h["g_loss"] for h in history])) or 1.0
+        spread = float(np.std(g_losses)) or 1.0
         result["generator_loss_slope"] = slope
         result["generator_loss_climbing"] = slope * len(half) > 2 * spread and half[-1] > half[0]
     return result
@@ -260,7 +284,7 @@ def diagnose(
     """
     real = split_real(real_images, max_images)
     fake = sample_fn(len(real.b))
-    measures = quality_measures(fake, real)
+    measures = quality_measures(fake, real, training=real_images)
     convergence = convergence_check(history or [])
     return {
         "measures": {k: v for k, v in measures.items() if not k.startswith("_")},
@@ -271,13 +295,23 @@ def diagnose(
         "n_generated": len(fake),
         "_closest": measures["_closest"],
         "_fake": fake,
-        "_real": real.all,
+        "_real": real_images,
     }
 
 
 def public(report: dict[str, Any]) -> dict[str, Any]:
     """The report without its private image tensors (what goes in report.json)."""
     return {k: v for k, v in report.items() if not k.startswith("_")}
+
+
+def plot_losses_on(ax, history: list[dict]) -> None:
+    """Generator and discriminator loss per epoch on ``ax`` (epochs without a
+    generator step, shorter than n_critic batches, have no generator loss)."""
+    with_g = [h for h in history if h["g_loss"] is not None]
+    ax.plot([h["epoch"] for h in with_g], [h["g_loss"] for h in with_g], label="generator loss")
+    ax.plot([h["epoch"] for h in history], [h["d_loss"] for h in history], label="discriminator loss")
+    ax.set_xlabel("epoch")
+    ax.legend()
 
 
 def plot_report(report: dict[str, Any], history: list[dict], evaluations: list[dict], path) -> None:
@@ -292,10 +326,8 @@ def plot_report(report: dict[str, Any], history: list[dict], evaluations: list[d
     grid = fig.add_gridspec(3, 8)
     epochs = [h["epoch"] for h in history]
     ax = fig.add_subplot(grid[0, :4])
-    ax.plot(epochs, [h["g_loss"] for h in history], label="generator")
-    ax.plot(epochs, [h["d_loss"] for h in history], label="discriminator")
+    plot_losses_on(ax, history)
     ax.set_title("losses per epoch")
-    ax.legend()
     ax = fig.add_subplot(grid[0, 4:])
     ax.plot(epochs, [h["d_acc_real"] for h in history], label="D accuracy on real")
     ax.plot(epochs, [h["d_acc_fake"] for h in history], label="D accuracy on fake")

@@ -151,7 +151,11 @@ class NoiseInjection(nn.Module):
         self.rng: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], generator=self.rng, dtype=x.dtype)
+        shape = (x.shape[0], 1, x.shape[2], x.shape[3])
+        if self.rng is None:
+            noise = torch.randn(shape, dtype=x.dtype, device=x.device)
+        else:  # a sampling RNG lives on the CPU, so an image's noise is the same on every device
+            noise = torch.randn(shape, generator=self.rng, dtype=x.dtype, device=self.rng.device).to(x.device)
         return x + self.weight * noise
 
 

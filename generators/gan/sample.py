@@ -29,6 +29,10 @@ from generators.gan.data import to_uint8
 from generators.gan.models import ModelSpec, build_generator, set_noise_rng
 
 WEIGHTS = "generator.safetensors"
+#: Which generator of a model folder to sample: the best by KID (what ``bot train``
+#: keeps as generator.safetensors) or the last epoch's.
+WEIGHT_FILES = {"best": WEIGHTS, "last": "generator-last.safetensors"}
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 MAX_OUTPUT_SIZE = 4096
 #: How much larger than its training crops a spatial-latent model draws. The
 #: structures keep their training scale (a galaxy stays 2-10 px), so a larger
@@ -55,48 +59,52 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_model(model_dir: Path) -> None:
+def check_model(model_dir: Path, weights: str = "best") -> None:
     """:class:`ModelUnavailable` (naming the command that trains one) when the
-    folder or its weights are missing."""
-    if not (model_dir / WEIGHTS).exists() or not (model_dir / "config.json").exists():
+    folder or its weights are missing; :class:`InvalidRequest` for an unknown ``weights``."""
+    if weights not in WEIGHT_FILES:
+        raise InvalidRequest(f"--weights {weights!r}: choose one of {', '.join(WEIGHT_FILES)}")
+    filename = WEIGHT_FILES[weights]
+    if not (model_dir / filename).exists() or not (model_dir / "config.json").exists():
         raise ModelUnavailable(
-            f"no trained GAN at {str(model_dir)!r} (needs config.json and {WEIGHTS}); train one with "
+            f"no trained GAN at {str(model_dir)!r} (needs config.json and {filename}); train one with "
             f"`bot train --data DIR --out {model_dir}` (e.g. `bot dataset crops --from IMAGE --size 128 --count 2000 --out DIR` first)"
         )
 
 
-def load_model(model_dir: Path) -> LoadedModel:
-    """Rebuild the generator from ``config.json`` and load ``generator.safetensors``.
+def load_model(model_dir: Path, weights: str = "best") -> LoadedModel:
+    """Rebuild the generator from ``config.json`` and load its weights:
+    ``generator.safetensors`` (``best``) or ``generator-last.safetensors`` (``last``).
 
     Raises :class:`ModelUnavailable` when missing and :class:`CorruptModel`
     when a file is unreadable or the weights do not fit the configuration.
     """
     model_dir = Path(model_dir)
-    check_model(model_dir)
+    check_model(model_dir, weights)
     try:
         config = json.loads((model_dir / "config.json").read_text())
         spec = ModelSpec.from_dict(config["spec"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptModel(f"{str(model_dir / 'config.json')!r} is not a valid GAN config ({exc})") from exc
-    weights = model_dir / WEIGHTS
+    path = model_dir / WEIGHT_FILES[weights]
     try:
-        state = load_file(str(weights))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CorruptModel(f"{str(weights)!r} is not readable safetensors ({exc}); train or copy the model again") from exc
+        raise CorruptModel(f"{str(path)!r} is not readable safetensors ({exc}); train or copy the model again") from exc
     generator = build_generator(spec)
     try:
         generator.load_state_dict(state)
     except RuntimeError as exc:
-        raise CorruptModel(f"{str(weights)!r} does not match {spec} from config.json: {str(exc)[:300]}") from exc
+        raise CorruptModel(f"{str(path)!r} does not match {spec} from config.json: {str(exc)[:300]}") from exc
     generator.eval().requires_grad_(False)
-    return LoadedModel(path=model_dir, spec=spec, generator=generator, sha256=_sha256(weights))
+    return LoadedModel(path=model_dir, spec=spec, generator=generator, sha256=_sha256(path))
 
 
 def check_sample_args(n: int, seed: int, size: int | None) -> None:
     if n < 1:
         raise InvalidRequest(f"--n {n}: must be at least 1")
-    if seed < 0:
-        raise InvalidRequest(f"--seed {seed}: must be 0 or more")
+    if not (0 <= seed <= MAX_SEED - (n - 1)):
+        raise InvalidRequest(f"--seed {seed}: must be from 0 to {MAX_SEED - (n - 1)} (image i uses seed SEED+i, at most {MAX_SEED})")
     if size is not None and not (16 <= size <= MAX_OUTPUT_SIZE):
         raise InvalidRequest(f"--size {size}: must be from 16 to {MAX_OUTPUT_SIZE} pixels")
 
@@ -149,10 +157,10 @@ def drawn_images(model: LoadedModel, seeds: list[int], scale: int = 1) -> list[I
     return [Image.fromarray(t.permute(1, 2, 0).numpy()) for t in sample_tensor(model, seeds, scale)]
 
 
-def sample_to_dir(model_dir: Path, out_dir: Path, n: int, seed: int, size: int | None = None) -> list[Path]:
+def sample_to_dir(model_dir: Path, out_dir: Path, n: int, seed: int, size: int | None = None, weights: str = "best") -> list[Path]:
     """Write ``sample-<seed>.png`` files; returns their paths."""
     check_sample_args(n, seed, size)
-    model = load_model(model_dir)
+    model = load_model(model_dir, weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(sample(model, n, seed, size)):

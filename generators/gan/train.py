@@ -20,14 +20,18 @@ The output folder (a "model folder") holds:
 from __future__ import annotations
 
 import copy
+import fcntl
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,13 +41,21 @@ from torch import nn
 from generators.errors import CorruptModel, InvalidRequest
 from generators.gan import diagnostics
 from generators.gan.augment import DEFAULT_POLICY, check_policy, diff_augment
-from generators.gan.data import load_images, to_float, to_uint8
+from generators.gan.data import load_images, to_float, to_uint8, update_cache
 from generators.gan.models import ARCHS, DEFAULT_ARCH, MAX_SIZE, MIN_SIZE, ModelSpec, build_discriminator, build_generator, set_noise_rng
 from generators.host_memory import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+PREVIOUS_CHECKPOINT = "checkpoint-prev.pt"
+LOCK_FILE = ".train.lock"
+MIN_IMAGES = 4  # KID and the diversity ratio compare two halves of the data, each needing two images
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+#: The fully connected GAN of Goodfellow et al. grows with the square of the image
+#: side (its layers see every pixel): 1.2 billion parameters at 512 px. Above this
+#: size the convolutional architectures are the only sensible choice.
+MLP_MAX_SIZE = 128
 Progress = Callable[[int, int, dict[str, Any]], None]
 
 # Per-architecture optimiser defaults, from each paper (and the second seed's
@@ -93,9 +105,11 @@ class TrainConfig:
     augment: str | None = None
     seed: int | None = None
     resume: bool = False
+    new_data: bool = False
     sample_every: int = 5
     eval_every: int = 5
     threads: int | None = None
+    device: str = "auto"
 
 
 @dataclass
@@ -122,18 +136,29 @@ class Resolved:
 # --- 1. check inputs ----------------------------------------------------------
 
 
-def check_config(config: TrainConfig) -> Resolved:
-    """Every bad-input check, before anything is written. Returns the resolved settings."""
+def check_config(config: TrainConfig) -> tuple[Resolved, dict | None]:
+    """Every bad-input check on the settings, before anything is written. Returns
+    the resolved settings and, with ``--resume``, the checkpoint."""
     if config.arch is not None and config.arch not in ARCHS:
         raise InvalidRequest(f"--arch {config.arch!r}: choose one of {', '.join(ARCHS)}")
     if config.img_size is not None:
         size = config.img_size
         if size < MIN_SIZE or size > MAX_SIZE or size & (size - 1):
             raise InvalidRequest(f"--img-size {size}: must be a power of two from {MIN_SIZE} to {MAX_SIZE} (32, 64, 128, 256, 512)")
-    for name in ("epochs", "batch_size", "z_dim", "width", "max_width", "n_critic", "sample_every", "eval_every"):
+    for name in ("epochs", "batch_size", "z_dim", "width", "max_width", "latent_res", "patch_res", "n_critic", "sample_every", "eval_every", "threads"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise InvalidRequest(f"--{name.replace('_', '-')} {value}: must be at least 1")
+    if config.width is not None and config.max_width is not None and config.max_width < config.width:
+        raise InvalidRequest(f"--max-width {config.max_width}: must be at least --width {config.width} (the channel count only grows towards low resolutions)")
+    if config.seed is not None and not (0 <= config.seed <= MAX_SEED):
+        raise InvalidRequest(f"--seed {config.seed}: must be from 0 to {MAX_SEED}")
+    for name in ("ema_kimg", "gp_lambda"):
+        value = getattr(config, name)
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise InvalidRequest(f"--{name.replace('_', '-')} {value}: must be 0 or more")
+    check_device(config.device)
+    check_folders(config.data, config.out)
     if config.batch_size is not None and config.batch_size < 2:
         raise InvalidRequest(f"--batch-size {config.batch_size}: must be at least 2 (batch norm and accuracy need two images)")
     for name in ("lr", "lr_d"):
@@ -153,6 +178,7 @@ def check_config(config: TrainConfig) -> Resolved:
         raise InvalidRequest(f"--clip-value {config.clip_value}: must be positive")
 
     checkpoint_path = config.out / "checkpoint.pt"
+    checkpoint = None
     if config.resume:
         if not checkpoint_path.exists():
             raise InvalidRequest(f"--resume: {str(checkpoint_path)!r} does not exist; train without --resume first")
@@ -166,7 +192,38 @@ def check_config(config: TrainConfig) -> Resolved:
         resolved = _resolve_new(config)
     if config.out.exists() and not config.out.is_dir():
         raise InvalidRequest(f"--out {str(config.out)!r}: exists and is not a folder")
-    return resolved
+    return resolved, checkpoint
+
+
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and a CUDA device must exist."""
+    if device in ("auto", "cpu"):
+        return
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise InvalidRequest(f"--device {device!r}: choose auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise InvalidRequest(f"--device {device!r}: torch sees no CUDA GPU on this machine; use --device cpu (or auto)")
+    if index and int(index) >= torch.cuda.device_count():
+        raise InvalidRequest(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the GPU when torch sees one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_folders(data: Path, out: Path) -> None:
+    """The model folder must not be inside the data folder (its sample grids and
+    plots would be read back as training images on the next run), nor the other
+    way round."""
+    data_real, out_real = data.resolve(), out.resolve()
+    if out_real == data_real or data_real in out_real.parents:
+        raise InvalidRequest(f"--out {str(out)!r}: is inside --data {str(data)!r}, so its sample grids would become training images; put the model folder elsewhere")
+    if out_real in data_real.parents:
+        raise InvalidRequest(f"--data {str(data)!r}: is inside --out {str(out)!r}; keep the training images outside the model folder")
 
 
 def _resolve_new(config: TrainConfig) -> Resolved:
@@ -184,11 +241,18 @@ def _resolve_new(config: TrainConfig) -> Resolved:
         patch_res=config.patch_res or 1,
         g_padding=config.g_padding or G_PADDINGS[0],
     )
+    if spec.max_width < spec.width:
+        raise InvalidRequest(f"--max-width {spec.max_width}: must be at least --width {spec.width} (the channel count only grows towards low resolutions)")
+    if arch == "gan" and spec.img_size > MLP_MAX_SIZE:
+        raise InvalidRequest(
+            f"--img-size {spec.img_size}: --arch gan (fully connected) goes up to {MLP_MAX_SIZE}; "
+            "its size grows with the square of the image side. Use --arch dcgan or diffaug for larger images"
+        )
     if spec.latent_res > 1:
         r = spec.latent_res
-        if arch != "diffaug" or r & (r - 1) or r > spec.img_size // 4 or spec.z_dim % (r * r):
+        if arch != "diffaug" or r & (r - 1) or r < 4 or r > spec.img_size // 4 or spec.z_dim % (r * r):
             raise InvalidRequest(
-                f"--latent-res {r}: a spatial latent needs --arch diffaug, a power of two up to img-size/4 "
+                f"--latent-res {r}: a spatial latent needs --arch diffaug, a power of two from 4 to img-size/4 "
                 f"and a --z-dim divisible by {r * r} (got --arch {arch}, --z-dim {spec.z_dim})"
             )
     for name, allowed in (("g_norm", G_NORMS), ("g_padding", G_PADDINGS)):  # the first choice is the default
@@ -242,11 +306,18 @@ def _resolve_from_checkpoint(config: TrainConfig, checkpoint: dict) -> Resolved:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """Load ``checkpoint.pt``; :class:`CorruptModel` if it is unreadable or not ours."""
+    """Load ``checkpoint.pt``; :class:`CorruptModel` if it is unreadable or not ours
+    (naming the previous epoch's copy when there is one)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CorruptModel(f"{str(path)!r} is not a readable checkpoint ({type(exc).__name__}: {exc}); delete it and train again") from exc
+        previous = path.with_name(PREVIOUS_CHECKPOINT)
+        fix = (
+            f"the previous epoch's checkpoint is kept beside it: `mv {previous} {path}` and --resume again"
+            if previous.exists() and previous != path
+            else "delete it and train again"
+        )
+        raise CorruptModel(f"{str(path)!r} is not a readable checkpoint ({type(exc).__name__}: {exc}); {fix}") from exc
     required = {"format", "spec", "hyper", "epoch", "step", "generator", "discriminator", "generator_ema", "opt_g", "opt_d", "rng"}
     if not isinstance(checkpoint, dict) or not required <= checkpoint.keys():
         raise CorruptModel(f"{str(path)!r} is not a GAN checkpoint of this program (missing keys)")
@@ -291,7 +362,7 @@ def g_loss(arch: str, fake_out: torch.Tensor) -> torch.Tensor:
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """(||grad D(x_hat)|| - 1)^2 on random interpolates (Gulrajani et al. 2017)."""
-    alpha = torch.rand(real.shape[0], 1, 1, 1)
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     grad = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)[0]
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
@@ -326,7 +397,8 @@ def generate(G: nn.Module, z: torch.Tensor, batch: int = 64, noise_seed: int = 0
     was_training = G.training
     G.eval()
     set_noise_rng(G, torch.Generator().manual_seed(noise_seed))
-    out = torch.cat([G(z[i : i + batch]) for i in range(0, len(z), batch)])
+    device = next(G.parameters()).device
+    out = torch.cat([G(z[i : i + batch].to(device)).cpu() for i in range(0, len(z), batch)])
     set_noise_rng(G, None)
     G.train(was_training)
     return out
@@ -356,20 +428,57 @@ def plot_losses(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["g_loss"] for h in history], label="generator loss")
-    ax.plot(epochs, [h["d_loss"] for h in history], label="discriminator loss")
-    ax.set_xlabel("epoch")
-    ax.legend()
+    diagnostics.plot_losses_on(ax, history)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """Write ``checkpoint.pt`` so that a crash at any moment leaves a readable one:
+    the new file is written and synced beside the old, the old one is kept as
+    ``checkpoint-prev.pt`` (a hard link, so no copy of a large file), and only
+    then renamed over. Months of training must not hang on one file."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    with tmp.open("wb") as handle:
+        torch.save(checkpoint, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if path.exists():
+        previous, link = path.with_name(PREVIOUS_CHECKPOINT), path.with_name(PREVIOUS_CHECKPOINT + ".tmp")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(path, link)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, link)
+        os.replace(link, previous)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def training_lock(out: Path) -> Iterator[None]:
+    """One ``bot train`` per model folder: a second one (a cron job and a manual
+    start, say) would interleave its checkpoint and metrics with the first."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidRequest(f"--out {str(out)!r}: another `bot train` is training into this folder; wait for it to finish or stop it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _atomic_text(text: str, path: Path) -> None:
@@ -381,18 +490,27 @@ def _atomic_text(text: str, path: Path) -> None:
 def export_generator(G: nn.Module, path: Path, metadata: dict[str, str]) -> None:
     """Generator weights only, as safetensors (what sampling and the bundle need)."""
     tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.detach().contiguous().clone() for k, v in G.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in G.state_dict().items()}
     save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
-def _truncate_metrics(path: Path, epoch: int) -> list[dict]:
-    """Keep the metrics lines up to ``epoch`` (a run stopped after writing a line
-    but before its checkpoint must not leave a duplicate) and return them."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["epoch"] <= epoch]
+def _metrics_history(path: Path, checkpoint: dict) -> list[dict]:
+    """The per-epoch rows up to the checkpoint's epoch, and ``metrics.jsonl``
+    rewritten to match them (a run stopped after writing a line but before its
+    checkpoint must not leave a duplicate). The checkpoint holds the rows itself;
+    checkpoints from before it did are read from the file, skipping lines a
+    crash left half-written."""
+    rows = checkpoint.get("history")
+    if rows is None:
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines() if path.exists() else [], start=1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if line.strip():
+                    log.warning("%s: skipping unreadable line %d", path, number)
+    rows = [r for r in rows if r["epoch"] <= checkpoint["epoch"]]
     _atomic_text("".join(json.dumps(r) + "\n" for r in rows), path)
     return rows
 
@@ -400,22 +518,54 @@ def _truncate_metrics(path: Path, epoch: int) -> list[dict]:
 # --- the training run ---------------------------------------------------------
 
 
+def data_digest(images: torch.Tensor) -> str:
+    """What the model trains on, as decoded pixels: a moved or re-touched folder
+    keeps its digest, an added, removed or edited image changes it."""
+    return hashlib.sha256(images.contiguous().numpy()).hexdigest()[:16]
+
+
+def check_resumed_data(config: TrainConfig, checkpoint: dict, images: torch.Tensor, digest: str) -> None:
+    """``--resume`` must train on the images the checkpoint was trained on,
+    unless ``--new-data`` says that a change is meant."""
+    trained_on = checkpoint.get("data")  # checkpoints from before this check did not record it
+    if trained_on is None or trained_on["digest"] == digest or config.new_data:
+        return
+    raise InvalidRequest(
+        f"--data {str(config.data)!r}: not the images this model was trained on ({trained_on['images']} images from "
+        f"{trained_on['path']!r}; now {len(images)}); resume with the same folder, or pass --new-data to go on training "
+        "on these images (the run then no longer matches an uninterrupted one, and the best-checkpoint search starts again)"
+    )
+
+
 def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Train (or resume) and return a summary: output folder, epochs, best epoch,
     final metrics and diagnostics warnings."""
-    # 1. check inputs (nothing written yet)
-    resolved = check_config(config)
-    spec = resolved.spec
-    images, data_report = load_images(config.data, spec.img_size, cache_dir=config.out / "cache")
-    if len(images) < 2:
-        raise InvalidRequest(f"--data {str(config.data)!r}: only {len(images)} usable image; at least 2 are needed")
+    # 1. check inputs (nothing is written before every check has passed)
+    resolved, checkpoint = check_config(config)
+    images, data_report = load_images(config.data, resolved.spec.img_size, cache_dir=config.out / "cache")
+    if len(images) < MIN_IMAGES:
+        raise InvalidRequest(f"--data {str(config.data)!r}: only {len(images)} usable image(s); at least {MIN_IMAGES} are needed")
+    digest = data_digest(images)
+    if checkpoint is not None:
+        check_resumed_data(config, checkpoint, images, digest)
+    update_cache(images, data_report)
     if config.threads:
         torch.set_num_threads(config.threads)
     reuse_freed_memory()  # no page faults per step for the large activation blocks (see host_memory)
 
-    # 2. build networks and optimisers (seeded), or read them back from the checkpoint
+    # 2. one trainer per model folder, then the loop
+    with training_lock(config.out):
+        data = {"path": str(config.data), "images": len(images), "digest": digest}
+        return _fit(config, resolved, checkpoint, images, data, data_report.to_dict(), progress)
+
+
+def _fit(config: TrainConfig, resolved: Resolved, checkpoint: dict | None, images: torch.Tensor, data: dict, data_report: dict, progress: Progress | None) -> dict[str, Any]:
+    spec = resolved.spec
+    device = resolve_device(config.device)
+
+    # 3. build networks and optimisers (seeded), or read them back from the checkpoint
     torch.manual_seed(resolved.seed)
-    G, D = build_generator(spec), build_discriminator(spec)
+    G, D = build_generator(spec).to(device), build_discriminator(spec).to(device)
     G_ema = copy.deepcopy(G).requires_grad_(False)
     if spec.arch == "wgan":
         opt_g = torch.optim.RMSprop(G.parameters(), lr=resolved.lr)
@@ -426,21 +576,24 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
     start_epoch, step, evaluations, best = 0, 0, [], None
     metrics_path = config.out / "metrics.jsonl"
     history: list[dict] = []
-    if config.resume:
-        checkpoint = read_checkpoint(config.out / "checkpoint.pt")
+    if checkpoint is not None:
         G.load_state_dict(checkpoint["generator"])
         D.load_state_dict(checkpoint["discriminator"])
         G_ema.load_state_dict(checkpoint["generator_ema"])
         opt_g.load_state_dict(checkpoint["opt_g"])
         opt_d.load_state_dict(checkpoint["opt_d"])
         torch.set_rng_state(checkpoint["rng"])
+        if device.type == "cuda" and "cuda_rng" in checkpoint:
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
         start_epoch, step = checkpoint["epoch"], checkpoint["step"]
         evaluations, best = checkpoint["evaluations"], checkpoint["best"]
-        history = _truncate_metrics(metrics_path, start_epoch)
+        if checkpoint.get("data", data)["digest"] != data["digest"]:  # --new-data: KIDs against other images do not compare
+            best = None
+            log.warning("training on changed data (--new-data): the best-checkpoint search starts again")
+        history = _metrics_history(metrics_path, checkpoint)
     else:
-        config.out.mkdir(parents=True, exist_ok=True)
         metrics_path.unlink(missing_ok=True)
-    _atomic_text(json.dumps({"spec": spec.to_dict(), "hyper": resolved.hyper(), "data": str(config.data), "data_report": data_report.to_dict()}, indent=2), config.out / "config.json")
+    _atomic_text(json.dumps({"spec": spec.to_dict(), "hyper": resolved.hyper(), "data": str(config.data), "data_report": data_report}, indent=2), config.out / "config.json")
 
     fixed_z = latents(64, spec.z_dim, seed=resolved.seed + 12345)
     n_batches = len(images) // resolved.batch_size or 1
@@ -449,17 +602,19 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
     def augment(x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, resolved.augment) if spec.arch == "diffaug" else x
 
-    # 3. the loop: one epoch = one pass over the shuffled images
+    # 4. the loop: one epoch = one pass over the shuffled images. Every random draw
+    # of the loop itself comes from the CPU RNG, so the stream (and a resume) does
+    # not depend on the device; augmentation and noise draw on the device.
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started = time.perf_counter()
         sums = {"g_loss": 0.0, "d_loss": 0.0, "d_acc_real": 0.0, "d_acc_fake": 0.0}
         d_steps = g_steps = 0
         order = torch.randperm(len(images))
         for b in range(n_batches):
-            real = to_float(images[order[b * batch_size : (b + 1) * batch_size]])
-            z = torch.randn(len(real), spec.z_dim)
+            real = to_float(images[order[b * batch_size : (b + 1) * batch_size]].to(device))
+            z = torch.randn(len(real), spec.z_dim).to(device)
 
-            # 3a. discriminator (critic) step
+            # 4a. discriminator (critic) step
             with torch.no_grad():  # same values as G(z).detach(), without recording a graph
                 fake = G(z)
             real_out, fake_out = D(augment(real)), D(augment(fake))
@@ -478,10 +633,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
             d_steps += 1
             step += 1
 
-            # 3b. generator step, every n_critic discriminator steps
+            # 4b. generator step, every n_critic discriminator steps
             if step % resolved.n_critic == 0:
                 D.requires_grad_(False)  # the G step needs gradients through D, not D's own: skip computing them
-                loss_g = g_loss(spec.arch, D(augment(G(torch.randn(len(real), spec.z_dim)))))
+                loss_g = g_loss(spec.arch, D(augment(G(torch.randn(len(real), spec.z_dim).to(device)))))
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
@@ -492,12 +647,13 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
             if progress:
                 progress((epoch - 1) * n_batches + b + 1, total_steps, {"epoch": epoch, "d_loss": loss_d.item(), "g_loss": sums["g_loss"] / max(g_steps, 1)})
 
-        # 4. end of epoch: metrics, samples, evaluation, checkpoint
+        # 5. end of epoch: metrics, samples, evaluation, checkpoint
         seconds = time.perf_counter() - started
         row = {
             "epoch": epoch,
             "step": step,
-            "g_loss": sums["g_loss"] / max(g_steps, 1),
+            # an epoch shorter than n_critic batches has no generator step: no loss, rather than a false 0
+            "g_loss": sums["g_loss"] / g_steps if g_steps else None,
             "d_loss": sums["d_loss"] / d_steps,
             "d_acc_real": sums["d_acc_real"] / d_steps,
             "d_acc_fake": sums["d_acc_fake"] / d_steps,
@@ -512,7 +668,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
         if epoch % config.eval_every == 0 or last_epoch:
             report = _evaluate(sampler, spec, images, history + [row], evaluations, epoch, resolved.seed)
             row.update({key: value for key, value in evaluations[-1].items() if key != "epoch"})
-            if best is None or evaluations[-1]["kid"] < best["kid"]:
+            if math.isfinite(evaluations[-1]["kid"]) and (best is None or evaluations[-1]["kid"] < best["kid"]):
                 best = {"epoch": epoch, "kid": evaluations[-1]["kid"]}
                 export_generator(sampler, config.out / "generator.safetensors", {"epoch": str(epoch), "kid": str(best["kid"])})
         history.append(row)
@@ -533,13 +689,17 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
             "rng": torch.get_rng_state(),
             "evaluations": evaluations,
             "best": best,
+            "history": history,
+            "data": data,
         }
-        _atomic_save(checkpoint, config.out / "checkpoint.pt")
+        if device.type == "cuda":
+            checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(checkpoint, config.out / "checkpoint.pt")
         if report is not None:
             _write_report(report, history, evaluations, best, config.out)
         log.info("epoch %d/%d %s", epoch, config.epochs, json.dumps(row))
 
-    # 5. summary
+    # 6. summary
     final = json.loads((config.out / "report.json").read_text()) if (config.out / "report.json").exists() else {}
     return {
         "out": str(config.out),
@@ -547,7 +707,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
         "best": best,
         "last": history[-1] if history else None,
         "warnings": final.get("warnings", []),
-        "data": data_report.to_dict(),
+        "data": data_report,
     }
 
 
