@@ -22,7 +22,10 @@ each adds one change to the one before it):
 - ``compiled``: + ``torch.compile`` (Inductor fuses batch norm, activations and
   the losses into C++ loops). Compile time is reported in ``warmup_s``.
 
-On a GPU (when one is present) the same variants plus bf16 autocast are run.
+On a GPU (when one is present) the same variants plus, building on
+``fused_adam``: ``bf16`` (bf16 autocast), ``bf16_compiled`` (+ ``torch.compile``)
+and ``bf16_graphs`` (+ CUDA graphs, ``torch.compile(mode="reduce-overhead")``:
+a step of small kernels is bound by launch overhead, which graph replay removes).
 
 On the CPU each variant also reports the FLOPs of its step (convolutions and
 matrix products, ``torch.utils.flop_counter``) and the rate it reached, against
@@ -58,11 +61,18 @@ BATCH = 64
 ORDER = ["baseline", "no_grad_fake", "reuse_memory", "frozen_d", "channels_last", "fused_adam", "compiled"]
 
 
+GPU_ORDER = ["bf16", "bf16_compiled", "bf16_graphs"]  # each builds on the one before, the first on fused_adam
+
+
 def features(variant: str) -> set[str]:
     """The changes a variant makes: its own and those of every variant before it
-    in ``ORDER`` (``bf16``, GPU only, builds on ``fused_adam``)."""
-    if variant == "bf16":
-        return set(ORDER[1 : ORDER.index("fused_adam") + 1]) | {"bf16"}
+    in ``ORDER`` (or, for the GPU-only ones, in ``GPU_ORDER`` after ``fused_adam``)."""
+    if variant in GPU_ORDER:
+        extra = {"bf16_compiled": "compiled", "bf16_graphs": "graphs"}
+        on = set(ORDER[1 : ORDER.index("fused_adam") + 1]) | {"bf16"} | {extra[v] for v in GPU_ORDER[1 : GPU_ORDER.index(variant) + 1]}
+        # Inductor chooses its own layouts, and channels-last weights trip a stride
+        # check in its convolution backward (torch 2.11, H100): compiled GPU steps are NCHW
+        return on - {"channels_last"} if "compiled" in on else on
     return set(ORDER[1 : ORDER.index(variant) + 1])
 
 
@@ -77,8 +87,9 @@ def make_step(variant: str, device: str):
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused)
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused)
     g_fwd, d_fwd = G, D
-    if "compiled" in on:
-        g_fwd, d_fwd = torch.compile(G), torch.compile(D)
+    if "compiled" in on or "graphs" in on:
+        mode = "reduce-overhead" if "graphs" in on else None
+        g_fwd, d_fwd = torch.compile(G, mode=mode), torch.compile(D, mode=mode)
     real = torch.rand(BATCH, 3, 64, 64, device=device) * 2 - 1
     if "channels_last" in on:
         real = real.contiguous(memory_format=torch.channels_last)
@@ -88,6 +99,8 @@ def make_step(variant: str, device: str):
 
     def step() -> None:
         host_memory.set_malloc_thresholds(*thresholds)
+        if "graphs" in on:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer used
         z = torch.randn(BATCH, SPEC.z_dim, device=device)
         with autocast:
             if "no_grad_fake" in on:
@@ -129,7 +142,7 @@ def measure(variants: list[str], device: str, steps: int, rounds: int, args_warm
                 steppers[variant]()
             sync(device)
             results[variant] = {"warmup_s": round(time.perf_counter() - before, 2), "rates": []}
-            if "compiled" not in features(variant):  # the counter sees eager ops only
+            if not features(variant) & {"compiled", "graphs"}:  # the counter sees eager ops only
                 results[variant]["gflop_per_step"] = round(count_flops(steppers[variant]) / 1e9, 1)
         except Exception as exc:  # e.g. no C++ compiler for torch.compile
             results[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
@@ -161,14 +174,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--variants", default=",".join(ORDER[:-1]), help=f"comma-separated, from {ORDER} (compiled needs a C++ compiler and minutes)")
+    parser.add_argument("--variants", default=",".join(ORDER[:-1]), help=f"comma-separated, from {ORDER} (compiled needs a C++ compiler and minutes); on a GPU {GPU_ORDER} are added")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
-    if args.device == "cuda" and "bf16" not in variants:
-        variants.append("bf16")
+    if args.device == "cuda":
+        variants += [v for v in GPU_ORDER if v not in variants]
     sgemm = cpu_sgemm_gflops() if args.device == "cpu" else None
     results = measure(variants, args.device, args.steps, args.rounds, args.warmup)
     if sgemm:
