@@ -75,6 +75,20 @@ def test_a_copy_of_any_training_image_is_found_not_only_of_the_evaluated_subset(
     assert j == int(outside[i]) and j not in subset  # the pair shown is the sample and the image it copies
 
 
+def test_a_feature_constant_in_the_real_images_does_not_blow_up_kid(crops) -> None:
+    """Real images with a black band (a constant feature); samples of the same
+    distribution with faint noise there. KID must stay on the scale of its
+    floor, not explode through a division by a zero standard deviation."""
+    train, fresh = crops
+    banded = train.clone()
+    banded[:, :, :8] = 0
+    samples = fresh.clone()
+    samples[:, :, :8] = 0
+    report = diagnose(lambda n: _noisy(samples[:n], 5), banded)
+    kid = report["measures"]["kid_thumbnails"]
+    assert kid["value"] < 3 * max(kid["floor"], 1.0), kid  # was ~1e15 with a 1e-6 std floor
+
+
 def _history(d_loss: list[float], g_loss: list[float], acc: float) -> list[dict]:
     return [{"epoch": i + 1, "d_loss": d, "g_loss": g, "d_acc_real": acc, "d_acc_fake": acc} for i, (d, g) in enumerate(zip(d_loss, g_loss))]
 

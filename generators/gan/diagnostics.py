@@ -115,8 +115,12 @@ def mean_pairwise_distance(x: torch.Tensor) -> float:
 
 def standardise(reference: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """Scale features by the reference set's per-dimension std so no single
-    feature dominates a distance."""
-    scale = reference.std(dim=0).clamp_min(1e-6)
+    feature dominates a distance. A feature (almost) constant over the real
+    images — a black border, a tiny data set — is scaled by a hundredth of the
+    typical std instead of its own: dividing by ~0 made a generator's faint
+    noise there outweigh everything else, and KID reach 1e27."""
+    std = reference.std(dim=0)
+    scale = std.clamp_min(max(float(std.mean()) * 1e-2, 1e-6))
     mean = reference.mean(dim=0)
     return [(t - mean) / scale for t in (reference, *others)]
 
