@@ -19,12 +19,20 @@ from generators.vqgan_clip.vqgan import VQGAN
 
 
 class _Server:
-    """Serves files from memory with Range support; can cut a response short."""
+    """Serves files from memory with Range support; can cut a response short.
+
+    ``etags`` gives a file an ETag, and a Range request whose If-Range differs
+    from it gets the whole file (200), as RFC 9110 says. ``range_mode`` makes a
+    file misbehave on Range: ``"ignore"`` answers 200 with the whole file,
+    ``"from_zero"`` answers 206 with the bytes from offset 0."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.truncate_next: dict[str, int] = {}
+        self.etags: dict[str, str] = {}
+        self.range_mode: dict[str, str] = {}
         self.requests: list[tuple[str, str | None]] = []
+        self.if_ranges: list[tuple[str, str | None]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,18 +41,26 @@ class _Server:
 
             def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Range")))
+                server.if_ranges.append((self.path, self.headers.get("If-Range")))
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_response(404)
                     self.end_headers()
                     return
+                etag = server.etags.get(self.path)
+                if_range = self.headers.get("If-Range")
+                mode = server.range_mode.get(self.path)
+                use_range = (bool(self.headers.get("Range")) and mode != "ignore"
+                             and (if_range is None or if_range == etag))
                 start = 0
-                if self.headers.get("Range"):
-                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                if use_range:
+                    start = 0 if mode == "from_zero" else int(self.headers["Range"].split("=")[1].split("-")[0])
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
+                if etag:
+                    self.send_header("ETag", etag)
                 part = body[start:]
                 self.send_header("Content-Length", str(len(part)))
                 self.end_headers()
@@ -147,16 +163,28 @@ def test_truncated_download_fails_clearly_keeps_the_store_clean_and_resumes(tmp_
     assert store.verify()[0]["ok"]
 
 
-def test_fetch_without_a_published_sum_records_it_as_unverified(tmp_path, tiny_spec, server):
-    # The heibox checkpoints publish no sha256: the sum is computed at download
-    # time, recorded as unverified, and the official file is still converted.
-    unverified = ModelSpec(name="tiny_unverified", kind="vqgan", description="",
-                           files=tuple(SourceFile(f.role, f.url, f.filename, None) for f in tiny_spec.files))
-    register_known_model(unverified)
-    try:
-        entry = ModelStore(tmp_path / "models").fetch(unverified.name)
-    finally:
-        KNOWN_MODELS.pop(unverified.name, None)
+@pytest.fixture
+def unverified_spec(tiny_spec):
+    """The tiny model with no published sums, like the heibox checkpoints."""
+    spec = ModelSpec(name="tiny_unverified", kind="vqgan", description="",
+                     files=tuple(SourceFile(f.role, f.url, f.filename, None) for f in tiny_spec.files))
+    register_known_model(spec)
+    yield spec
+    KNOWN_MODELS.pop(spec.name, None)
+
+
+def test_fetch_without_a_published_sum_needs_trust_and_records_it_as_unverified(tmp_path, unverified_spec,
+                                                                                tiny_spec, server):
+    # The heibox checkpoints publish no sha256, so nobody vouches for the
+    # pickle: without --trust it is refused (the download is kept for the
+    # retry); with it, the sum is recorded as unverified.
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(UntrustedCheckpoint, match=f"bot models fetch {unverified_spec.name} --trust"):
+        store.fetch(unverified_spec.name)
+    assert _store_contents(tmp_path / "models") == set()
+    assert (tmp_path / "models" / ".downloads" / unverified_spec.name / "last.ckpt").is_file()
+    entry = store.fetch(unverified_spec.name, trust=True)
+    assert [r for r in server.requests if r[0] == "/tiny/last.ckpt"] == [("/tiny/last.ckpt", None)]  # not again
     assert entry["original"]["checkpoint"]["sha256_verified"] is False
     assert entry["original"]["checkpoint"]["sha256"] == tiny_spec.files[0].sha256
 
@@ -229,3 +257,164 @@ def test_cli_models_list_json(tmp_path, monkeypatch):
     assert run.exit_code == 0
     names = {row["name"] for row in json.loads(run.output)}
     assert {"vqgan_imagenet_f16_16384", "vqgan_imagenet_f16_1024", "clip_vit_b_32_openai"} <= names
+
+
+# ---------------------------------------------------------------- bad downloads are not reused
+
+
+@pytest.mark.parametrize("bad", ["html_checkpoint", "broken_yaml"])
+def test_a_download_that_fails_to_convert_is_deleted_and_downloaded_again(tmp_path, unverified_spec, server, bad):
+    # No published sum and no Content-Length problem: only the conversion can
+    # tell the file is wrong. It must not be reused by the next fetch.
+    good = dict(server.files)
+    if bad == "html_checkpoint":
+        server.files["/tiny/last.ckpt"] = b"<!DOCTYPE html><html><body>Share link expired</body></html>"
+        expected = "not a PyTorch checkpoint"
+    else:
+        server.files["/tiny/model.yaml"] = b"model: [unclosed"
+        expected = "cannot read it"
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(CorruptModel, match=expected) as info:
+        store.fetch(unverified_spec.name, trust=True)
+    assert not isinstance(info.value, UntrustedCheckpoint)  # trusting the file would not help
+    assert "were deleted" in str(info.value)
+    assert not (tmp_path / "models" / ".downloads" / unverified_spec.name).exists()
+    assert _store_contents(tmp_path / "models") == set()
+    server.files = good
+    store.fetch(unverified_spec.name, trust=True)
+    assert store.verify()[0]["ok"]
+
+
+def test_an_html_page_is_corrupt_not_untrusted(tmp_path, unverified_spec, server):
+    server.files["/tiny/last.ckpt"] = b"<html>404</html>"
+    with pytest.raises(CorruptModel, match="not a PyTorch checkpoint") as info:
+        ModelStore(tmp_path / "models").fetch(unverified_spec.name)
+    assert not isinstance(info.value, UntrustedCheckpoint)
+
+
+def test_force_discards_earlier_downloads(tmp_path, tiny_spec, server):
+    folder = tmp_path / "models" / ".downloads" / tiny_spec.name
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"a bad file left by an earlier try")
+    (folder / "model.yaml.part").write_bytes(b"garbage")
+    store = ModelStore(tmp_path / "models")
+    store.fetch(tiny_spec.name, force=True)
+    assert ("/tiny/last.ckpt", None) in server.requests and ("/tiny/model.yaml", None) in server.requests
+    assert store.verify()[0]["ok"]
+
+
+@pytest.mark.parametrize("mode", ["from_zero", "ignore"])
+def test_resume_starts_over_when_the_server_does_not_send_the_bytes_asked_for(tmp_path, tiny_spec, server, mode):
+    server.range_mode["/tiny/last.ckpt"] = mode
+    part = tmp_path / "models" / ".downloads" / tiny_spec.name / "last.ckpt.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(server.files["/tiny/last.ckpt"][:1000])
+    store = ModelStore(tmp_path / "models")
+    store.fetch(tiny_spec.name)
+    assert ("/tiny/last.ckpt", "bytes=1000-") in server.requests
+    assert store.verify()[0]["ok"]
+
+
+def test_resume_sends_if_range_and_restarts_when_the_file_changed(tmp_path, tiny_spec, tiny_files, server):
+    good = server.files["/tiny/last.ckpt"]
+    # First try: an older file of the same name, cut off half way.
+    _, _, older = write_tiny_vqgan(tmp_path / "older", seed=1)
+    older_bytes = (tmp_path / "older" / "last.ckpt").read_bytes()
+    assert older_bytes != good
+    server.files["/tiny/last.ckpt"] = older_bytes
+    server.etags["/tiny/last.ckpt"] = '"v1"'
+    server.truncate_next["/tiny/last.ckpt"] = 100_000
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(CorruptModel, match="truncated|broke off"):
+        store.fetch(tiny_spec.name)
+    # The file changes on the server before the resume.
+    server.files["/tiny/last.ckpt"] = good
+    server.etags["/tiny/last.ckpt"] = '"v2"'
+    store.fetch(tiny_spec.name)
+    assert ("/tiny/last.ckpt", '"v1"') in server.if_ranges
+    assert store.verify()[0]["ok"]
+
+
+# ---------------------------------------------------------------- fetch repairs a damaged install
+
+
+@pytest.mark.parametrize("damage", ["deleted", "changed", "crash_between_renames"])
+def test_fetch_installs_again_when_the_installed_files_are_damaged(tmp_path, tiny_spec, server, damage):
+    store = ModelStore(tmp_path / "models")
+    first = store.fetch(tiny_spec.name)
+    weights = store.paths(tiny_spec.name)["weights"]
+    if damage == "deleted":
+        weights.unlink()
+        with pytest.raises(ModelUnavailable, match=f"run: bot models fetch {tiny_spec.name}"):
+            store.paths(tiny_spec.name)
+    elif damage == "changed":
+        weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+        assert not store.verify(tiny_spec.name)[0]["ok"]
+    else:  # _install moved the old folder aside and died before the new one was renamed in
+        aside = tmp_path / "models" / f".old-{tiny_spec.name}-crash"
+        aside.mkdir()
+        (tmp_path / "models" / tiny_spec.name).rename(aside / "x")
+    again = store.fetch(tiny_spec.name)
+    assert again["installed_at"] >= first["installed_at"] and store.verify()[0]["ok"]
+    assert store.paths(tiny_spec.name)["weights"].is_file()
+    assert not list((tmp_path / "models").glob(".old-*")) and not list((tmp_path / "models").glob(".tmp-*"))
+    requests = len(server.requests)
+    assert store.fetch(tiny_spec.name) == store.entry(tiny_spec.name)  # intact now: nothing downloaded
+    assert len(server.requests) == requests
+
+
+def _run_bot(capsys, monkeypatch, tmp_path, *args: str) -> tuple[int, str, str]:
+    from bot.cli import main
+
+    monkeypatch.setenv("BOT_PATHS_MODELS", str(tmp_path / "models"))
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+def test_cli_fetch_reinstalls_a_damaged_model_and_says_when_nothing_was_done(tmp_path, tiny_spec, server,
+                                                                               capsys, monkeypatch):
+    code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "fetch", tiny_spec.name)
+    assert code == 0 and f"{tiny_spec.name}: installed" in out
+    code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "fetch", tiny_spec.name)
+    assert code == 0 and f"{tiny_spec.name}: already installed" in out
+    weights = tmp_path / "models" / tiny_spec.name / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "verify")
+    assert code == 1 and f"reinstall: bot models fetch {tiny_spec.name}" in out
+    code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "fetch", tiny_spec.name)
+    assert code == 0 and f"{tiny_spec.name}: installed" in out
+    code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "verify")
+    assert code == 0 and f"{tiny_spec.name}: ok" in out
+
+
+def test_cli_fetch_without_a_published_sum_names_the_trust_flag(tmp_path, unverified_spec, server,
+                                                                capsys, monkeypatch):
+    code, _, err = _run_bot(capsys, monkeypatch, tmp_path, "models", "fetch", unverified_spec.name)
+    assert code == 1 and f"bot models fetch {unverified_spec.name} --trust" in err
+    code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "fetch", unverified_spec.name, "--trust")
+    assert code == 0 and f"{unverified_spec.name}: installed" in out
+
+
+def test_paths_of_a_damaged_imported_model_names_the_import_command(tmp_path, tiny_files):
+    store = ModelStore(tmp_path / "models")
+    store.import_files("mine", {"checkpoint": tiny_files["checkpoint"], "config": tiny_files["config"]},
+                       kind="vqgan", trust=True)
+    store.paths("mine")["weights"].unlink()
+    with pytest.raises(ModelUnavailable, match="run: bot models import mine --checkpoint CKPT --config YAML"):
+        store.paths("mine")
+
+
+# ---------------------------------------------------------------- CLIP import without an architecture
+
+
+def test_import_of_an_unknown_clip_without_an_architecture_names_the_option(tmp_path, tiny_files, capsys,
+                                                                            monkeypatch):
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(InvalidRequest, match="--clip-model.*required.*'my_clip'|'my_clip'.*--clip-model.*required"):
+        store.import_files("my_clip", {"weights": tiny_files["clip"]}, kind="clip")
+    assert not (tmp_path / "models").exists() or _store_contents(tmp_path / "models") == set()
+    code, _, err = _run_bot(capsys, monkeypatch, tmp_path, "models", "import", "my_clip",
+                            "--weights", str(tiny_files["clip"]))
+    assert code == 2 and "--clip-model is required" in err and "not an open_clip architecture" not in err

@@ -41,23 +41,33 @@ def list_models(app: AppContext, as_json: bool) -> None:
 
 @command.command("fetch")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--force", is_flag=True, help="Download and convert again even when installed.")
+@click.option("--force", is_flag=True,
+              help="Download and convert again even when installed; discards earlier downloads.")
+@click.option("--trust", is_flag=True,
+              help="Allow a full (stubbed) unpickle of a checkpoint whose source publishes no sha256 "
+                   "(the heibox VQGANs).")
 @pass_app
-def fetch(app: AppContext, names: tuple[str, ...], force: bool) -> None:
+def fetch(app: AppContext, names: tuple[str, ...], force: bool, trust: bool) -> None:
     """Download models from their official URLs, check sums, convert to safetensors.
 
-    An interrupted download resumes where it stopped on the next fetch.
+    An interrupted download resumes where it stopped on the next fetch. A model
+    whose installed files are missing or changed is installed again.
 
     \b
     Examples:
-        bot models fetch vqgan_imagenet_f16_16384 clip_vit_b_32_openai
+        bot models fetch clip_vit_b_32_openai
+        bot models fetch vqgan_imagenet_f16_16384 --trust
     """
     store = _store(app)
     for name in names:
         store.spec(name)  # unknown names fail before any download
     for name in names:
+        if not force and store.intact(name):
+            entry = store.entry(name) or {}
+            click.echo(f"{name}: already installed ({', '.join(f['path'] for f in entry['files'].values())})")
+            continue
         with progress_bar(f"fetching {name}", enabled=None) as progress:
-            entry = store.fetch(name, progress=progress, force=force)
+            entry = store.fetch(name, progress=progress, force=force, trust=trust)
         click.echo(f"{name}: installed ({', '.join(f['path'] for f in entry['files'].values())})")
 
 
@@ -87,6 +97,15 @@ def import_(app: AppContext, name: str, checkpoint: str | None, config_file: str
         files, kind = {"checkpoint": checkpoint, "config": config_file}, "vqgan"
     else:
         raise BadInput("give --checkpoint and --config for a VQGAN, or --weights for CLIP")
+    if weights and not clip_model:
+        from generators.models import KNOWN_MODELS
+
+        if name not in KNOWN_MODELS:
+            raise BadInput(
+                f"--clip-model is required for {name!r}, which is not a known model: give the open_clip "
+                f"architecture of --weights, e.g. "
+                f"bot models import {name} --weights {weights} --clip-model ViT-B-32-quickgelu"
+            )
     entry = _store(app).import_files(name, files, kind=kind, open_clip_name=clip_model, trust=trust)
     click.echo(f"{name}: installed ({', '.join(f['path'] for f in entry['files'].values())})")
 
@@ -103,12 +122,17 @@ def verify(app: AppContext, name: str | None, as_json: bool) -> int:
         bot models verify
         bot models verify vqgan_imagenet_f16_16384 --json
     """
-    results = _store(app).verify(name)
+    store = _store(app)
+    results = store.verify(name)
     if as_json:
         emit_json(results)
     else:
         if not results:
             click.echo("no models installed; see `bot models list`")
         for result in results:
-            click.echo(f"{result['name']}: {'ok' if result['ok'] else '; '.join(result['problems'])}")
+            if result["ok"]:
+                click.echo(f"{result['name']}: ok")
+            else:
+                click.echo(f"{result['name']}: {'; '.join(result['problems'])}; "
+                           f"reinstall: {store.reinstall_command(result['name'])}")
     return 0 if all(r["ok"] for r in results) else 1

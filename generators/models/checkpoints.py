@@ -14,15 +14,24 @@ when unpickled. The policy here:
    ``--trust``), and even then through :class:`_StubUnpickler`, which builds
    tensors but turns every other class into an inert placeholder: nothing
    named in the file is ever called. That is also why pytorch-lightning need
-   not be installed to read these files.
+   not be installed to read these files. The stub unpickler reads every pickle
+   record of the file, the legacy (non-zip) format's header records included,
+   resolves only plain names (never a dotted path such as ``f.__globals__``,
+   which would reach any builtin), and refuses TorchScript archives, which
+   ``torch.load`` would hand to ``torch.jit.load``.
+4. A file that is neither a zip checkpoint nor a pickle (an HTML error page
+   saved as ``last.ckpt``, say) is ``CorruptModel``, not ``UntrustedCheckpoint``:
+   trusting it would not help.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import inspect
 import pickle
 import types
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +68,10 @@ def load_state_dict(path: str | Path, *, allow_full_unpickle: bool = False) -> d
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _looks_like_torch_pickle(path):
+            raise CorruptModel(
+                f"checkpoint {path} is not a PyTorch checkpoint (it starts with {_head(path)!r})"
+            ) from exc
         if not allow_full_unpickle:
             raise UntrustedCheckpoint(
                 f"checkpoint {path} holds objects besides tensors and is not a known official "
@@ -90,11 +103,39 @@ def _tensors_of(data: Any, path: Path) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------- stub unpickling
 
+def _head(path: Path, size: int = 16) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(size)
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    """The member names of a zip file, or None when ``path`` is not a zip."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def _looks_like_torch_pickle(path: Path) -> bool:
+    """Whether ``path`` has the shape of a ``torch.save`` file: a zip holding
+    ``data.pkl``, or a legacy stream that starts with a pickle protocol 2-5
+    header. Tells "needs trust" apart from "is not a checkpoint at all"."""
+    names = _zip_names(path)
+    if names is not None:
+        return any(n.rsplit("/", 1)[-1] == "data.pkl" for n in names)
+    head = _head(path, 2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 # Globals a tensor checkpoint legitimately needs; everything else becomes a stub.
-_ALLOWED_MODULE_PREFIXES = ("torch._utils",)
-_ALLOWED_GLOBALS = {
+# Resolved here, never through ``pickle.Unpickler.find_class``, which imports
+# modules and walks dotted attribute paths.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._tensor", "_rebuild_from_type_v2"): None,
+    ("torch._tensor", "_rebuild_from_type_v2"): torch._tensor._rebuild_from_type_v2,
     ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
     ("torch", "Size"): torch.Size,
     ("torch", "device"): torch.device,
@@ -120,30 +161,52 @@ class _Stub:
 
 
 def _stub_class(module: str, name: str) -> type:
-    return type(name, (_Stub,), {"__module__": f"stub.{module}"})
+    return type(str(name), (_Stub,), {"__module__": f"stub.{module}"})
 
 
 class _StubUnpickler(pickle.Unpickler):
+    """Builds tensors and plain containers; every other global a file names
+    becomes a :class:`_Stub` subclass, so REDUCE / BUILD only ever call
+    ``_Stub`` or the tensor-rebuilding functions listed above."""
+
     def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        if key in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[key] or super().find_class(module, name)
-        if module.startswith(_ALLOWED_MODULE_PREFIXES) and name.startswith("_rebuild"):
-            return super().find_class(module, name)
-        if module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)):
-            return super().find_class(module, name)
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is not None:
+            return allowed
+        # Only plain names: protocol 4 resolves "a.b.c" by walking attributes,
+        # so "_rebuild_tensor.__builtins__.get" would hand out eval.
+        if isinstance(name, str) and name.isidentifier():
+            if module == "torch._utils" and name.startswith("_rebuild_"):
+                found = getattr(torch._utils, name, None)
+                if inspect.isfunction(found):
+                    return found
+            if module == "torch":
+                found = getattr(torch, name, None)
+                if isinstance(found, torch.dtype) or (isinstance(found, type) and name.endswith("Storage")):
+                    return found
         return _stub_class(module, name)
 
 
-# torch.load takes a "pickle module": it subclasses our Unpickler and handles
-# persistent ids (tensor storages) itself.
+def _stub_load(file: Any, **kwargs: Any) -> Any:
+    return _StubUnpickler(file, **kwargs).load()
+
+
+# torch.load takes a "pickle module": it subclasses our Unpickler for the main
+# object (and handles persistent ids, the tensor storages, itself), and calls
+# the module's ``load`` for the legacy format's other records (magic number,
+# protocol, system info, storage keys). Both must be the stub unpickler: plain
+# ``pickle.load`` there would run whatever the first record reduces to.
 _stub_pickle = types.ModuleType("dstrtd_stub_pickle")
 _stub_pickle.Unpickler = _StubUnpickler  # type: ignore[attr-defined]
-_stub_pickle.load = pickle.load  # type: ignore[attr-defined]
-_stub_pickle.__name__ = "dstrtd_stub_pickle"
+_stub_pickle.load = _stub_load  # type: ignore[attr-defined]
+_stub_pickle.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
 
 
 def _load_with_stubs(path: Path) -> Any:
+    names = _zip_names(path)
+    if names is not None and any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in names):
+        # torch.load would pass it to torch.jit.load, which runs the archive's code.
+        raise CorruptModel(f"checkpoint {path} is a TorchScript archive; only tensor checkpoints are read here")
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
     except Exception as exc:

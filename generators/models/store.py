@@ -6,6 +6,10 @@ Layout::
     models/<name>/model.safetensors      converted weights, the only thing run time reads
     models/<name>/config.yaml            (VQGAN) the taming-transformers config
     models/.downloads/<name>/<file>.part partial downloads, resumed with HTTP Range
+    models/.downloads/<name>/<file>.part.json  the ETag / Last-Modified the download
+                                         started with, sent as If-Range on resume
+    models/.downloads/<name>/<file>      a finished download, kept only until it is
+                                         installed or fails a check (then deleted)
 
 Nothing half-written ever appears under ``models/<name>``: a model is built in
 ``models/.tmp-<name>-*`` and renamed into place, then the manifest is replaced
@@ -25,7 +29,7 @@ from typing import Any, Callable
 from filelock import FileLock
 
 from generators.errors import CorruptModel, InvalidRequest, ModelUnavailable
-from generators.models.checkpoints import load_state_dict, sha256_file
+from generators.models.checkpoints import UntrustedCheckpoint, load_state_dict, sha256_file
 from generators.models.known import KNOWN_MODELS, ModelSpec, SourceFile
 
 Progress = Callable[[int, int, dict[str, Any]], None]
@@ -91,9 +95,19 @@ class ModelStore:
         if missing:
             raise ModelUnavailable(
                 f"model {name!r} is in the manifest but {', '.join(missing)} is gone; "
-                f"run: bot models fetch {name}"
+                f"run: {self.reinstall_command(name)}"
             )
         return paths
+
+    def reinstall_command(self, name: str) -> str:
+        """The command that puts back a damaged model: ``fetch`` only knows the
+        known downloads; anything imported has to be imported again."""
+        if name in KNOWN_MODELS:
+            return f"bot models fetch {name}"
+        kind = (self.entry(name) or {}).get("kind")
+        if kind == "clip":
+            return f"bot models import {name} --weights FILE --clip-model ARCH"
+        return f"bot models import {name} --checkpoint CKPT --config YAML"
 
     def missing_message(self, name: str) -> str:
         if name in KNOWN_MODELS:
@@ -111,12 +125,27 @@ class ModelStore:
 
     # ------------------------------------------------------------------ fetch / import
 
-    def fetch(self, name: str, *, progress: Progress | None = None, force: bool = False) -> dict[str, Any]:
+    def fetch(self, name: str, *, progress: Progress | None = None, force: bool = False,
+              trust: bool = False) -> dict[str, Any]:
         """Download a known model from its official URLs (resuming ``.part``
-        files), check sums, convert to safetensors and install it."""
+        files), check sums, convert to safetensors and install it.
+
+        An installed model whose files are missing or differ from the manifest
+        is installed again: that is what ``paths`` and ``verify`` tell the user
+        to run. ``force`` installs again anyway and throws away earlier
+        downloads, so a bad file that passed the download checks cannot be
+        reused. A checkpoint that needs a full (stubbed) unpickle is read only
+        when its sha256 matched a published one, or with ``trust``: a file
+        with no published sum is otherwise vouched for by nobody.
+        """
         spec = self.spec(name)
-        if not force and self.entry(name) is not None:
-            return self.entry(name)
+        self.manifest()  # an unreadable manifest fails here, not after the download
+        if not force and self.intact(name):
+            return self.entry(name)  # type: ignore[return-value]
+        folder = self.root / ".downloads" / name
+        if force:
+            shutil.rmtree(folder, ignore_errors=True)
+        retry = f"bot models fetch {name}" + (" --trust" if trust else "")
         downloaded: dict[str, Path] = {}
         originals: dict[str, dict[str, Any]] = {}
         for source in spec.files:
@@ -126,16 +155,35 @@ class ModelStore:
                 path.unlink()
                 raise CorruptModel(
                     f"{source.url}: sha256 {digest} differs from the published {source.sha256}; "
-                    "the file was deleted, run the fetch again"
+                    f"the file was deleted, run `{retry}` again"
                 )
             downloaded[source.role] = path
             originals[source.role] = {"url": source.url, "sha256": digest, "sha256_verified": bool(source.sha256)}
-        # A file fetched from the official URL is trusted for a full unpickle:
-        # when its sum is published it was just checked; when not (heibox), the
-        # official HTTPS source is the only evidence there is (see known.py).
-        entry = self._install(spec.name, spec.kind, downloaded, trusted=True,
-                              open_clip_name=spec.open_clip_name, source="fetch", originals=originals)
-        shutil.rmtree(self.root / ".downloads" / name, ignore_errors=True)
+        # Only the pickle (checkpoint / weights) can need trust; configs are
+        # read with yaml.safe_load.
+        pickles = [source for source in spec.files if source.role != "config"]
+        verified = all(source.sha256 for source in pickles)
+        try:
+            entry = self._install(spec.name, spec.kind, downloaded, allow_full_unpickle=verified or trust,
+                                  open_clip_name=spec.open_clip_name, source="fetch", originals=originals)
+        except UntrustedCheckpoint as exc:
+            # Not the file's fault: keep the download so that the run with
+            # --trust does not download it again.
+            unverified = [source.url for source in pickles if not source.sha256]
+            raise UntrustedCheckpoint(
+                f"model {name!r}: no sha256 is published for {', '.join(unverified)}, and the checkpoint "
+                "holds objects besides tensors, which only a full (stubbed) unpickle reads; refusing to "
+                f"unpickle it without trust. The download is kept in {folder}. If you trust that source, "
+                f"run: bot models fetch {name} --trust"
+            ) from exc
+        except CorruptModel as exc:
+            # A file that fails to convert (an HTML page, a truncated file with
+            # no Content-Length, a bad config) must not be reused by the next try.
+            shutil.rmtree(folder, ignore_errors=True)
+            raise CorruptModel(
+                f"{exc}; the downloaded files were deleted, run `{retry}` to download them again"
+            ) from exc
+        shutil.rmtree(folder, ignore_errors=True)
         return entry
 
     def import_files(self, name: str, files: dict[str, str | os.PathLike[str]], *, kind: str | None = None,
@@ -154,6 +202,16 @@ class ModelStore:
         needed = {"vqgan": {"checkpoint", "config"}, "clip": {"weights"}}[kind]
         if set(paths) != needed:
             raise InvalidRequest(f"model {name!r} ({kind}) needs files {sorted(needed)}, got {sorted(paths)}")
+        open_clip_name = open_clip_name or (spec.open_clip_name if spec else "")
+        if kind == "clip" and not open_clip_name:
+            # Weights do not say which architecture they belong to, and the
+            # store only knows that for its known downloads.
+            raise InvalidRequest(
+                f"model {name!r}: open_clip_name (--clip-model) is required for CLIP weights the store does "
+                f"not know (open_clip_name is {open_clip_name!r}); give the open_clip architecture of the "
+                f"weights, e.g. --clip-model ViT-B-32-quickgelu. Known CLIP downloads: "
+                f"{', '.join(sorted(n for n, s in KNOWN_MODELS.items() if s.kind == 'clip'))}"
+            )
         originals: dict[str, dict[str, Any]] = {}
         official = {s.role: s.sha256 for s in spec.files} if spec else {}
         matches_official = True
@@ -162,8 +220,7 @@ class ModelStore:
             verified = bool(official.get(role)) and digest == official.get(role)
             matches_official = matches_official and verified
             originals[role] = {"path": str(p.resolve()), "sha256": digest, "sha256_verified": verified}
-        open_clip_name = open_clip_name or (spec.open_clip_name if spec else "")
-        return self._install(name, kind, paths, trust=trust or matches_official,
+        return self._install(name, kind, paths, allow_full_unpickle=trust or matches_official,
                              open_clip_name=open_clip_name, source="import", originals=originals)
 
     # ------------------------------------------------------------------ verify
@@ -186,37 +243,71 @@ class ModelStore:
             results.append({"name": n, "ok": not problems, "problems": problems})
         return results
 
+    def intact(self, name: str) -> bool:
+        """Whether ``name`` is installed with every file there and matching its
+        recorded sha256 (what ``fetch`` needs to find to do nothing)."""
+        if self.entry(name) is None:
+            return False
+        return all(result["ok"] for result in self.verify(name))
+
     # ------------------------------------------------------------------ internals
 
     def _download(self, name: str, source: SourceFile, progress: Progress | None) -> Path:
         """Download ``source`` to ``models/.downloads/<name>/<file>.part``,
         resuming what is there with an HTTP Range request; rename on success.
-        A short body raises ``CorruptModel`` and keeps the part for the next try."""
+        A short body raises ``CorruptModel`` and keeps the part for the next try.
+
+        A resumed part is only extended by the bytes that follow it: the
+        request carries If-Range with the ETag or Last-Modified of the first
+        response (a changed file comes back whole, with 200), and a 206 whose
+        Content-Range starts elsewhere is thrown away for a full download."""
         import requests
 
         folder = self.root / ".downloads" / name
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / source.filename
-        if final.exists():
+        if final.exists():  # complete, kept after a refusal that was not the file's fault
             return final
         part = folder / (source.filename + ".part")
+        validators = folder / (source.filename + ".part.json")
         have = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        headers = {}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+            if_range = _read_if_range(validators)
+            if if_range:
+                headers["If-Range"] = if_range
         try:
             response = requests.get(source.url, headers=headers, stream=True, timeout=60)
         except requests.RequestException as exc:
             raise ModelUnavailable(f"cannot download {source.url} ({exc}); check the network and retry "
                                    f"`bot models fetch {name}`") from exc
         with response:
-            if response.status_code == 416:  # asked for bytes past the end: start again
+            if response.status_code == 416 and have:  # asked for bytes past the end: start again
                 part.unlink(missing_ok=True)
+                validators.unlink(missing_ok=True)
                 return self._download(name, source, progress)
             if response.status_code not in (200, 206):
                 raise ModelUnavailable(f"cannot download {source.url}: HTTP {response.status_code}")
-            if response.status_code == 200:
-                have = 0  # server ignored Range: start over
+            range_total = 0
+            if response.status_code == 206:
+                content_range = response.headers.get("Content-Range", "")
+                start, range_total = _parse_content_range(content_range)
+                if start != have:
+                    if not have:
+                        raise ModelUnavailable(f"cannot download {source.url}: the server answered a request "
+                                               f"for the whole file with Content-Range {content_range!r}")
+                    # Not the bytes that follow the part: appending them would
+                    # corrupt the file. Start over with a plain request.
+                    response.close()
+                    part.unlink(missing_ok=True)
+                    validators.unlink(missing_ok=True)
+                    return self._download(name, source, progress)
+            else:
+                have = 0  # the whole file: the server ignored Range, or If-Range found it changed
+                _write_if_range(validators, response.headers)
             length = response.headers.get("Content-Length")
-            total = have + int(length) if length is not None else 0
+            total = range_total or (have + int(length) if length is not None else 0)
             received = have
             with open(part, "ab" if have else "wb") as out:
                 try:
@@ -236,20 +327,26 @@ class ModelStore:
                 f"the partial file is kept: run `bot models fetch {name}` again to resume"
             )
         os.replace(part, final)
+        validators.unlink(missing_ok=True)
         return final
 
-    def _install(self, name: str, kind: str, files: dict[str, Path], *, trusted: bool = False, trust: bool = False,
+    def _install(self, name: str, kind: str, files: dict[str, Path], *, allow_full_unpickle: bool,
                  open_clip_name: str, source: str, originals: dict[str, Any]) -> dict[str, Any]:
         """Convert ``files`` into a temp folder, check them, rename it into place,
         then record the manifest entry."""
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / ".store.lock")):
+            # Every install holds the lock, so temp folders seen now were left
+            # by one that crashed.
+            for stale in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
             staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
             try:
                 if kind == "vqgan":
-                    _convert_vqgan(files["checkpoint"], files["config"], staging, trusted or trust)
+                    _convert_vqgan(files["checkpoint"], files["config"], staging, allow_full_unpickle)
                 else:
-                    _convert_clip(files["weights"], open_clip_name, staging, trusted or trust)
+                    _convert_clip(files["weights"], open_clip_name, staging, allow_full_unpickle)
                 target = self.root / name
                 if target.exists():
                     old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=self.root))
@@ -278,6 +375,38 @@ class ModelStore:
             manifest["models"][name] = entry
             _atomic_write_json(self.root / MANIFEST, manifest)
         return entry
+
+
+def _parse_content_range(value: str) -> tuple[int | None, int]:
+    """``"bytes 1000-4999/5000"`` -> ``(1000, 5000)``; ``(None, 0)`` when it
+    cannot be read, and a total of 0 when the server says ``*``."""
+    try:
+        unit, _, spec = value.strip().partition(" ")
+        span, _, size = spec.partition("/")
+        if unit.lower() != "bytes":
+            return None, 0
+        start = int(span.split("-")[0])
+        return start, int(size) if size.strip().isdigit() else 0
+    except ValueError:
+        return None, 0
+
+
+def _write_if_range(path: Path, headers: Any) -> None:
+    """Remember the validator of a full response for If-Range on resume. A
+    weak ETag may not be used there (RFC 9110), so Last-Modified stands in."""
+    etag = headers.get("ETag") or ""
+    value = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified") or ""
+    if value:
+        path.write_text(json.dumps({"if_range": value}), encoding="utf-8")
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _read_if_range(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("if_range") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
