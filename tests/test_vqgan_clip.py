@@ -124,16 +124,119 @@ def test_best_of_n_returns_the_best_scoring_candidate(generator):
     assert result.loss_curve == result.extras["candidate_curves"][best]
 
 
-def test_batched_cutouts_cover_the_requested_crops():
+@pytest.mark.parametrize("side", [64, 480])  # 480: crops blend low-passed levels of the image
+@pytest.mark.parametrize("augment", [False, True])
+def test_batched_cutouts_cover_the_requested_crops(side, augment):
     from generators.vqgan_clip.cutouts import make_cutouts
 
-    image = torch.zeros(2, 3, 64, 64)
+    image = torch.zeros(2, 3, side, side)
     image[1] = 1.0
     gen = torch.Generator().manual_seed(0)
-    crops = make_cutouts(image, 16, CutoutSettings(count=4, augment=False), gen)
-    assert crops.shape == (8, 3, 16, 16)
+    cut = 16 if side == 64 else 224
+    crops = make_cutouts(image, cut, CutoutSettings(count=4, augment=augment, noise=0.0), gen)
+    assert crops.shape == (8, 3, cut, cut)
     # crops 0-3 come from candidate 0 (black), 4-7 from candidate 1 (white)
-    assert crops[:4].abs().max() < 1e-6 and (crops[4:] - 1).abs().max() < 1e-6
+    assert crops[:4].abs().max() < 1e-5 and (crops[4:] - 1).abs().max() < 1e-5
+
+
+def _checkerboard(side: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    return ((xx + yy) % 2).float().expand(1, 3, side, side).clone()
+
+
+def test_fast_cutouts_do_not_alias_a_one_pixel_checkerboard():
+    from generators.vqgan_clip.cutouts import make_cutouts, make_cutouts_reference
+
+    # power 0: every crop is the whole 480-px image, shrunk 2.14x to 224.
+    settings = CutoutSettings(count=2, power=0.0, augment=False)
+    image = _checkerboard(480)
+    fast = make_cutouts(image, 224, settings, torch.Generator().manual_seed(0))
+    reference = make_cutouts_reference(image, 224, settings, torch.Generator().manual_seed(0))
+    # Plain bilinear sampling left std 0.17 (a moire); the reference's average pooling 0.056.
+    assert float(fast.std()) < 0.01 and float(fast.std()) <= float(reference.std())
+    assert abs(float(fast.mean()) - 0.5) < 1e-3
+
+
+def test_fast_cutouts_keep_what_the_crop_can_show():
+    from generators.vqgan_clip.cutouts import make_cutouts, make_cutouts_reference
+
+    # 32-px stripes shrunk 2.14x are still ~15 px: the prefilter must not blur them away.
+    stripes = ((torch.arange(480) // 16) % 2).float().expand(1, 3, 480, 480).clone()
+    settings = CutoutSettings(count=2, power=0.0, augment=False)
+    fast = make_cutouts(stripes, 224, settings, torch.Generator().manual_seed(0))
+    reference = make_cutouts_reference(stripes, 224, settings, torch.Generator().manual_seed(0))
+    assert float(fast.std()) > 0.9 * float(reference.std()) > 0.4
+
+
+def test_fast_cutouts_give_every_pixel_a_gradient():
+    from generators.vqgan_clip.cutouts import make_cutouts
+
+    image = torch.rand(1, 3, 480, 480, requires_grad=True)
+    crops = make_cutouts(image, 224, CutoutSettings(count=2, power=0.0, augment=False), torch.Generator())
+    crops.sum().backward()
+    assert bool((image.grad != 0).all())  # plain bilinear sampling missed 23 % of them
+
+
+def test_crops_at_the_cut_size_are_exact_slices():
+    from generators.vqgan_clip.cutouts import make_cutouts
+
+    # Short side = cut size: every crop is 224 px, one of 17 horizontal offsets, no resampling.
+    image = torch.rand(1, 3, 224, 240)
+    crops = make_cutouts(image, 224, CutoutSettings(count=6, augment=False), torch.Generator().manual_seed(1))
+    for crop in crops:
+        errors = [float((crop - image[0, :, :, ox:ox + 224]).abs().max()) for ox in range(17)]
+        assert min(errors) < 1e-4
+
+
+def _backend_flags() -> tuple:
+    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+
+
+def test_backend_flags_are_set_for_the_run_only_and_fp32_keeps_tf32_off():
+    from generators.vqgan_clip.optimise import backend_flags
+
+    cuda = torch.device("cuda")  # only the flags are touched: nothing runs on it
+    saved = _backend_flags()
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+        torch.backends.cudnn.benchmark = False
+        before = _backend_flags()
+        with backend_flags(RunSettings(precision="fp32"), cuda):
+            assert _backend_flags() == (False, False, True)  # even though the process had TF32 on
+        assert _backend_flags() == before
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
+        before = _backend_flags()
+        for precision in ("auto", "bf16"):
+            with backend_flags(RunSettings(precision=precision), cuda):
+                assert _backend_flags() == (True, True, True)
+            assert _backend_flags() == before
+        with pytest.raises(KeyboardInterrupt), backend_flags(RunSettings(), cuda):
+            raise KeyboardInterrupt
+        assert _backend_flags() == before
+        with backend_flags(RunSettings(), torch.device("cpu")):
+            assert _backend_flags() == before
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+def test_a_run_goes_through_backend_flags_and_leaves_the_flags_as_they_were(generator, monkeypatch):
+    import contextlib
+
+    from generators.vqgan_clip import optimise as optimise_module
+
+    entered = []
+    real = optimise_module.backend_flags
+
+    @contextlib.contextmanager
+    def recording(settings, device):
+        with real(settings, device):
+            entered.append((settings.precision, device.type))
+            yield
+
+    monkeypatch.setattr(optimise_module, "backend_flags", recording)
+    before = _backend_flags()
+    generator.generate(_request(iterations=2, precision="fp32"))
+    assert entered == [("fp32", "cpu")] and _backend_flags() == before
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ def _request_inputs(app: AppContext, prompt: str | None, topic: str | None
 @click.option("--init-image", type=click.Path(dir_okay=False), help="Start from this image instead of noise.")
 @click.option("--image-prompt", help="Image prompts, 'path:weight | path2:weight'.")
 @click.option("--profile", type=click.Choice(["auto", "cpu", "full"]), help="auto: 'cpu' on a CPU (smaller, faster).")
+@click.option("--time-budget", type=float, metavar="SECONDS",
+              help="Stop the optimisation after this many seconds; 0 = no budget (default: the profile's, "
+                   "40 min on a CPU). Use 0 to remake an image exactly: a budget makes the stop step depend "
+                   "on how busy the machine is.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--generator", "generator_name", help="Registered generator (default: the topic's, else vqgan-clip).")
 @click.option("--seed", type=int, help="Random seed (default: random, recorded in manifest.json).")
@@ -62,8 +67,8 @@ def _request_inputs(app: AppContext, prompt: str | None, topic: str | None
 @pass_app
 def command(app: AppContext, prompt: str | None, topic: str | None, size: str, iterations: int | None,
             cutouts: int | None, candidates: int | None, stop: str | None, snapshots: tuple[int, ...],
-            init_image: str | None, image_prompt: str | None, profile: str | None, device: str,
-            generator_name: str | None, seed: int | None, out_dir: str, as_json: bool) -> None:
+            init_image: str | None, image_prompt: str | None, profile: str | None, time_budget: float | None,
+            device: str, generator_name: str | None, seed: int | None, out_dir: str, as_json: bool) -> None:
     """Generate one image (VQGAN+CLIP by default) into --out: image.png,
     loss_curve.png, snapshots/, manifest.json (everything needed to make it again).
 
@@ -72,6 +77,7 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str, i
         bot generate --prompt "coral reef" --size 480 --iterations 500 --seed 7 --out out/reef
         bot generate --topic coral --out out/coral --json
         bot generate --prompt "glacier:1 | text:-0.5" --size 480x320 --candidates 3 --snapshot 250 --out out/g
+        bot generate --prompt "coral reef" --iterations 187 --time-budget 0 --seed 7 --out out/again
     """
     from generators import GenerationRequest, get_generator
 
@@ -79,8 +85,11 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str, i
     prompts, options, model, topic_generator = _request_inputs(app, prompt, topic)
     generator_name = generator_name or topic_generator or "vqgan-clip"
     width, height = _parse_size(size)
+    if time_budget is not None and not (math.isfinite(time_budget) and time_budget >= 0):
+        raise BadInput(f"--time-budget {time_budget!r} is not allowed; use seconds >= 0 (0 = no budget)")
     flags = {"iterations": iterations, "cutouts": cutouts, "candidates": candidates, "stop": stop,
-             "init_image": init_image, "image_prompts": image_prompt, "profile": profile}
+             "init_image": init_image, "image_prompts": image_prompt, "profile": profile,
+             "time_budget_s": time_budget}
     options.update({k: v for k, v in flags.items() if v is not None})
     if width != height:  # non-square sizes are a VQGAN+CLIP option; request.size is the side
         options.update({"width": width, "height": height})

@@ -11,6 +11,13 @@ small rotation and translation are all one 2x3 matrix per crop. Colour and noise
 augmentations follow as batched arithmetic. :func:`make_cutouts_reference` is the
 classic per-crop loop (slice + adaptive average pool), kept as the benchmark's
 baseline.
+
+Shrinking a crop larger than CLIP's input with plain bilinear sampling aliases:
+at 480 px a whole-image crop reads only ~77 % of the pixels (the rest get no
+gradient) and a 1-pixel checkerboard survives, which the average pooling of the
+reference path (and the notebook's area/Lanczos resampling) removes. So the
+fast path samples from low-passed copies of the image (:func:`tent_levels`),
+each crop blending the two whose filter width brackets its own shrink factor.
 """
 
 from __future__ import annotations
@@ -48,8 +55,13 @@ def make_cutouts(images: torch.Tensor, cut_size: int, settings: CutoutSettings,
     Crops ``i * count ... (i + 1) * count - 1`` belong to candidate ``i``.
     Random numbers come from ``gen`` only (on the images' device), so a seed
     fixes every crop.
+
+    The image and its low-passed levels are stacked, each with a mirrored
+    margin, into one tall mosaic per candidate; every crop is sampled from the
+    two levels that bracket its shrink factor (both in the same
+    ``grid_sample``) and the two samples are blended.
     """
-    b, _, height, width = images.shape
+    b, channels, height, width = images.shape
     n = b * settings.count
     device = images.device
     sizes = _crop_sizes(n, width, height, cut_size, settings.power, gen, device)
@@ -73,13 +85,111 @@ def make_cutouts(images: torch.Tensor, cut_size: int, settings: CutoutSettings,
     theta = torch.stack([
         torch.stack([sx * cos * flip, -sx * sin, cx + sx * shift[:, 0]], dim=-1),
         torch.stack([sy * sin * flip, sy * cos, cy + sy * shift[:, 1]], dim=-1),
-    ], dim=1).to(images.dtype)
-    grid = F.affine_grid(theta, [n, 3, cut_size, cut_size], align_corners=False)
-    source = images.repeat_interleave(settings.count, dim=0)
-    cutouts = F.grid_sample(source, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    ], dim=1)
+
+    # The mosaic: level k of candidate i, with a mirrored margin wide enough for
+    # any rotated and shifted crop, sits k padded heights down.
+    levels = prefilter_levels(min(width, height), cut_size)
+    margin = crop_margin(min(width, height), settings)
+    padded_w, padded_h = width + 2 * margin, height + 2 * margin
+    mosaic_h = levels * padded_h
+    low, upper = level_blend(sizes / cut_size, levels)
+    slots = 2 if levels > 1 else 1
+    # Image coordinates -> mosaic coordinates (both [-1, 1], align_corners=False):
+    # x shrinks by width / padded_w; y shrinks by height / mosaic_h and moves to
+    # the middle of the crop's level.
+    level = torch.stack([low + j for j in range(slots)], dim=1).to(theta.dtype)  # (n, slots)
+    theta = theta[:, None].repeat(1, slots, 1, 1)
+    theta[:, :, 0] *= width / padded_w
+    theta[:, :, 1] *= height / mosaic_h
+    theta[:, :, 1, 2] += padded_h * (2 * level + 1) / mosaic_h - 1
+    theta = theta.view(b, settings.count, slots, 2, 3).transpose(1, 2)  # (candidate, slot, crop)
+    # One batch entry per (candidate, slot), all of one candidate's crops stacked
+    # in a tall grid: grid_sample's CPU kernel splits its work by batch entry,
+    # and the slots share the mosaic without a copy when there is one candidate.
+    grid = F.affine_grid(theta.to(images.dtype).reshape(-1, 2, 3), [n * slots, channels, cut_size, cut_size],
+                         align_corners=False)
+    grid = grid.view(b * slots, settings.count * cut_size, cut_size, 2)
+    mosaic = tent_levels(_mirror(images, margin), levels)
+    mosaic = mosaic[:, None].expand(b, slots, *mosaic.shape[1:]).reshape(b * slots, *mosaic.shape[1:])
+    samples = F.grid_sample(mosaic, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    samples = samples.view(b, slots, channels, settings.count, cut_size, cut_size)
+    if slots > 1:
+        below, above = samples.unbind(1)  # unbind, not indexing: its backward allocates no zeros
+        samples = torch.lerp(below, above, upper.to(images.dtype).view(b, 1, settings.count, 1, 1))
+    else:
+        samples = samples[:, 0]
+    cutouts = samples.transpose(1, 2).reshape(n, channels, cut_size, cut_size)
     if settings.augment:
         cutouts = _colour_and_noise(cutouts, settings, gen)
     return cutouts
+
+
+def crop_margin(short_side: int, settings: CutoutSettings) -> int:
+    """Pixels a crop can reach beyond the image edge: a square crop of side
+    ``s <= short_side`` turned by up to ``max_degrees`` spans
+    ``s * (|cos| + |sin|)``, and is shifted by up to ``max_translate * s``;
+    plus 2 for bilinear taps and crops smaller than ``cut_size``."""
+    reach = 0.0
+    if settings.augment:
+        angle = min(abs(math.radians(settings.max_degrees)), math.pi / 4)
+        reach = short_side * (0.5 * (math.cos(angle) + math.sin(angle)) - 0.5 + settings.max_translate)
+    return min(math.ceil(max(reach, 0.0)) + 2, short_side)
+
+
+def _mirror(images: torch.Tensor, margin: int) -> torch.Tensor:
+    """Pad by mirroring about the outer pixel edges (the edge pixel repeats):
+    what ``grid_sample(padding_mode="reflection", align_corners=False)`` reads
+    outside the image, so an unfiltered crop is the same as before the mosaic."""
+    images = torch.cat([images[..., :margin].flip(-1), images, images[..., -margin:].flip(-1)], dim=-1)
+    return torch.cat([images[..., :margin, :].flip(-2), images, images[..., -margin:, :].flip(-2)], dim=-2)
+
+
+def prefilter_levels(short_side: int, cut_size: int) -> int:
+    """How many levels the largest crop needs: level ``k`` serves a crop
+    ``2 ** k`` times larger than ``cut_size``, and a whole-image crop is
+    ``short_side / cut_size`` times larger."""
+    scale = max(short_side / cut_size, 1.0)
+    return 1 + max(0, math.ceil(math.log2(scale) - 1e-6))
+
+
+def tent_levels(images: torch.Tensor, levels: int) -> torch.Tensor:
+    """``(b, c, H, W)`` -> ``(b, c, levels * H, W)``: the image, then below it
+    copies low-passed by tents ``2, 4, 8 ...`` pixels wide on each side.
+
+    Level ``k`` is level ``k - 1`` filtered by ``[1, 2, 1] / 4`` with taps
+    ``2 ** (k - 1)`` pixels apart (the "a trous" construction), which gives
+    exactly the tent of half-width ``2 ** k``: the filter an antialiased
+    bilinear resize (PIL, ``F.interpolate(antialias=True)``) uses to shrink by
+    ``2 ** k``. Sampling a level bilinearly therefore reaches every pixel under
+    the crop and drops what the smaller crop cannot represent, as the
+    reference path's average pooling does. The filter reads past the edge
+    through reflection padding; :func:`make_cutouts` passes an image with a
+    mirrored margin, so crops never sample that padding. Shifted slices
+    rather than a depthwise dilated convolution: same result, and about half
+    the time on a CPU (19 ms against 45 ms forward + backward for three levels
+    of a 686-px image, 2 cores).
+    """
+    out = [images]
+    for k in range(1, levels):
+        step = 2 ** (k - 1)
+        level = F.pad(out[-1], (step, step, step, step), mode="reflect")
+        level = (level[..., :-2 * step] + 2 * level[..., step:-step] + level[..., 2 * step:]) / 4
+        level = (level[..., :-2 * step, :] + 2 * level[..., step:-step, :] + level[..., 2 * step:, :]) / 4
+        out.append(level)
+    return torch.cat(out, dim=2) if levels > 1 else images
+
+
+def level_blend(scale: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per crop, the lower of the two levels it blends and the weight of the
+    upper one, linear in ``log2(scale)`` (trilinear mip-mapping): a crop 1.5x
+    the cut size takes 0.42 of the image and 0.58 of level 1; a crop at or
+    below the cut size takes the image as it is."""
+    if levels == 1:
+        return torch.zeros_like(scale, dtype=torch.long), torch.zeros_like(scale)
+    position = scale.clamp(min=1.0).log2().clamp(max=levels - 1)
+    low = position.floor().clamp(max=levels - 2)
+    return low.long(), position - low
 
 
 def _colour_and_noise(cutouts: torch.Tensor, settings: CutoutSettings, gen: torch.Generator) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -132,15 +132,65 @@ def memory_format_for(settings: RunSettings, device: torch.device) -> torch.memo
     return torch.contiguous_format
 
 
+@contextlib.contextmanager
+def backend_flags(settings: RunSettings, device: torch.device) -> Iterator[None]:
+    """Set the CUDA backend flags for one run and put them back after it.
+
+    The flags are process-wide: set and left on, they would change the
+    numerics of whatever else runs in the process afterwards (GAN training,
+    another generator). On CUDA: TF32 matmuls and convolutions (fp32 range,
+    10-bit mantissa) unless ``precision`` is "fp32", which promises full fp32;
+    cuDNN autotuning, which picks the fastest convolution algorithms (and so
+    is one reason two CUDA runs differ, see docs/vqgan_clip.md). Nothing is
+    touched for other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved_tf32, saved_benchmark = _tf32_state(), cudnn.benchmark
+    try:
+        _set_tf32(saved_tf32[0], settings.precision != "fp32")
+        cudnn.benchmark = True
+        yield
+    finally:
+        _restore_tf32(saved_tf32)
+        cudnn.benchmark = saved_benchmark
+
+
+def _tf32_state() -> tuple[str, Any, Any]:
+    """Which TF32 switches this process uses, and their values. torch 2.9+
+    has ``fp32_precision`` beside the legacy ``allow_tf32``; once a process has
+    set the new ones, reading the legacy ones raises, and setting both makes
+    torch refuse to read either. So keep to whichever the process uses."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:
+        return "legacy", matmul.allow_tf32, cudnn.allow_tf32
+    except RuntimeError:
+        return "precision", matmul.fp32_precision, cudnn.conv.fp32_precision
+
+
+def _set_tf32(api: str, on: bool) -> None:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if api == "legacy":
+        matmul.allow_tf32 = cudnn.allow_tf32 = on
+    else:
+        matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if on else "ieee"
+
+
+def _restore_tf32(state: tuple[str, Any, Any]) -> None:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    api, matmul_value, conv_value = state
+    if api == "legacy":
+        matmul.allow_tf32, cudnn.allow_tf32 = matmul_value, conv_value
+    else:
+        matmul.fp32_precision, cudnn.conv.fp32_precision = matmul_value, conv_value
+
+
 def prepare_models(vqgan: VQGAN, perceptor: Perceptor, settings: RunSettings, device: torch.device):
     """Move models to ``device`` in the layout the fast path wants; return the
-    (possibly compiled) decode and image-embedding callables."""
-    if device.type == "cuda":
-        # TF32 matmuls/convs: fp32 range, 10-bit mantissa; the loss is computed in fp32.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    elif settings.fast:
+    (possibly compiled) decode and image-embedding callables. The backend
+    flags are :func:`backend_flags`'s business, around the whole run."""
+    if device.type != "cuda" and settings.fast:
         reuse_freed_memory()  # a 256-px decode frees and re-maps hundreds of MiB a step otherwise
     vqgan.to(device=device, memory_format=memory_format_for(settings, device))
     decode: Callable[[torch.Tensor], torch.Tensor] = vqgan.decode
@@ -192,7 +242,16 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 def optimise(vqgan: VQGAN, perceptor: Perceptor, prompts: list[WeightedPrompt], settings: RunSettings, *,
              seed: int, device: torch.device, image_prompts: list[tuple[torch.Tensor, float]] | None = None,
              init_image: torch.Tensor | None = None, progress: Progress | None = None) -> Outcome:
-    """Run the optimisation; deterministic for a given seed, device and settings."""
+    """Run the optimisation. On a CPU the same seed, settings and torch give
+    the same image; on CUDA they do not (docs/vqgan_clip.md, Reproducibility)."""
+    with backend_flags(settings, device):
+        return _optimise(vqgan, perceptor, prompts, settings, seed=seed, device=device,
+                         image_prompts=image_prompts, init_image=init_image, progress=progress)
+
+
+def _optimise(vqgan: VQGAN, perceptor: Perceptor, prompts: list[WeightedPrompt], settings: RunSettings, *,
+              seed: int, device: torch.device, image_prompts: list[tuple[torch.Tensor, float]] | None,
+              init_image: torch.Tensor | None, progress: Progress | None) -> Outcome:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     # 1. one random generator on the device drives init, cutouts and noise

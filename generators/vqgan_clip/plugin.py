@@ -4,8 +4,9 @@ Configuration (``[generators.vqgan_clip]`` of bot.toml; every key can also be a
 request option):
 
     vqgan = "vqgan_imagenet_f16_16384"   # model store name
-    clip_model = "ViT-B-32-quickgelu"     # open_clip architecture
     clip_weights = "clip_vit_b_32_openai" # store name, a file path, or an open_clip tag
+    clip_model = "ViT-B-32-quickgelu"     # open_clip architecture; leave it out for store weights:
+                                          # it defaults to the one the store recorded for them
     profile = "auto"                      # "auto": "cpu" on a CPU, else "full"
 
 Options (request ``options`` or config): ``iterations`` (hard cap), ``cutouts``,
@@ -13,11 +14,12 @@ Options (request ``options`` or config): ``iterations`` (hard cap), ``cutouts``,
 ``stop_min_steps``, ``stop_window``, ``stop_min_delta``, ``snapshot_steps``,
 ``image_prompts`` ("path:weight | ..."), ``init_image``, ``init_weight``,
 ``width``/``height`` (else ``request.size`` square), ``time_budget_s``, ``fast``,
-``precision``, ``compile``, ``profile``, ``max_side``.
+``precision``, ``compile``, ``profile``, ``max_side`` (0 = no cap).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,12 @@ CPU_PROFILE: dict[str, Any] = {
 }
 DEFAULT_CONFIG: dict[str, Any] = {
     "vqgan": "vqgan_imagenet_f16_16384",
-    "clip_model": "ViT-B-32-quickgelu",
     "clip_weights": "clip_vit_b_32_openai",
     "profile": "auto",
 }
+# The architecture for CLIP weights the store has no record of (a file path or an
+# open_clip tag). Store weights use the architecture recorded at install time.
+FALLBACK_CLIP_MODEL = "ViT-B-32-quickgelu"
 ALLOWED_OPTIONS = {
     "iterations", "cutouts", "cut_power", "learning_rate", "candidates", "stop", "stop_min_steps",
     "stop_window", "stop_min_delta", "snapshot_steps", "image_prompts", "init_image", "init_weight",
@@ -69,26 +73,120 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _number(options: dict[str, Any], key: str, kind: type, low: float, high: float | None = None) -> Any:
-    value = options[key]
+def _parse(value: Any, kind: type) -> Any:
+    """``value`` as a finite ``kind`` (int or float); ``ValueError`` otherwise.
+    Numeric strings are accepted (topics and config files may quote them);
+    booleans, fractions for an int, NaN and infinity are not."""
     try:
-        number = kind(value)
-        if isinstance(value, bool) or (kind is int and float(value) != number):
+        if isinstance(value, bool):
             raise ValueError
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"{key} {value!r} is not {'an integer' if kind is int else 'a number'}") from None
+        number = kind(value)
+        if kind is int and not isinstance(value, int) and float(value) != number:
+            raise ValueError  # 2.5 or "2.5" is not a step count
+    except (TypeError, OverflowError):  # OverflowError: int(float("inf"))
+        raise ValueError from None
+    if not math.isfinite(number):
+        raise ValueError
+    return number
+
+
+def _number(options: dict[str, Any], key: str, kind: type, low: float, high: float | None = None) -> Any:
+    """``options[key]`` as a finite ``kind`` in ``[low, high]``. NaN is refused
+    explicitly: every comparison with it is false, so it would pass the range
+    check and then, e.g. as ``stop_min_delta``, keep the plateau rule from
+    ever firing."""
+    value = options[key]
+    allowed = f">= {low}" if high is None else f"between {low} and {high}"
+    try:
+        number = _parse(value, kind)
+    except ValueError:
+        what = "an integer" if kind is int else "a finite number"
+        raise InvalidRequest(f"{key} {value!r} is not {what}; allowed: {allowed}") from None
     if number < low or (high is not None and number > high):
-        allowed = f">= {low}" if high is None else f"between {low} and {high}"
         raise InvalidRequest(f"{key} {value!r} is out of range; allowed: {allowed}")
     return number
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _flag(options: dict[str, Any], key: str, default: bool) -> bool:
+    """``options[key]`` as a boolean. ``bool("false")`` is True, so a quoted
+    value from a topic or an environment variable must be read, not cast."""
+    value = options.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InvalidRequest(f"{key} {value!r} is not a boolean; allowed: true or false")
+
+
+def _side(key: str, value: Any) -> int:
+    """A width or height in pixels: a whole multiple of 16 (the VQGAN's
+    downsampling factor), at least 16."""
+    allowed = "use a whole number of pixels that is a multiple of 16, at least 16"
+    try:
+        number = _parse(value, int)
+    except ValueError:
+        raise InvalidRequest(f"size {key} {value!r} is not a whole number; {allowed}") from None
+    if number < 16 or number % 16:
+        raise InvalidRequest(f"size {key} {value!r} is not allowed; {allowed}")
+    return number
+
+
+def _max_side(options: dict[str, Any]) -> int:
+    """The profile's cap on the longest side: 0 (no cap) or at least 16."""
+    max_side = _number(options, "max_side", int, 0, 100_000)
+    if 0 < max_side < 16:
+        raise InvalidRequest(f"max_side {options['max_side']!r} is out of range; allowed: 0 (no cap) or 16 to 100000")
+    return max_side
+
+
+def _snapshot_steps(raw: Any, iterations: int) -> tuple[int, ...]:
+    """Step numbers in ``1..iterations``: a step outside that range would never
+    be reached, and the snapshot would be silently missing from the output."""
+    allowed = f"whole step numbers from 1 to iterations ({iterations})"
+    items = raw.replace(",", " ").split() if isinstance(raw, str) else raw
+    if isinstance(items, int) and not isinstance(items, bool):
+        items = [items]
+    if not isinstance(items, (list, tuple, set)):
+        raise InvalidRequest(f"snapshot_steps {raw!r} is not a list of steps; allowed: {allowed}")
+    steps, bad = set(), []
+    for item in items:
+        try:
+            steps.add(_number({"snapshot_steps": item}, "snapshot_steps", int, 1, iterations))
+        except InvalidRequest:
+            bad.append(item)
+    if bad:
+        raise InvalidRequest(f"snapshot_steps {raw!r}: {bad!r} not allowed; allowed: {allowed}")
+    return tuple(sorted(steps))
+
+
+def _check_image(key: str, path: Path) -> None:
+    """Refuse a file that PIL cannot read, here, before the models load
+    (a minute on a CPU) and with the option's name, rather than as a traceback
+    from the optimisation's setup."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise InvalidRequest(f"{key}: image file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as img:
+            img.verify()  # structure and chunk checksums, without decoding
+        with Image.open(path) as img:
+            img.load()  # verify() misses truncated pixel data; it also leaves the image unusable, hence a new open
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, struct.error ... by format
+        raise InvalidRequest(
+            f"{key}: {str(path)!r} is not an image file that can be read ({type(exc).__name__}: {exc}); "
+            "use a PNG, JPEG, WebP or other image PIL reads"
+        ) from None
 
 
 def _weighted_paths(spec: str, key: str) -> list[tuple[Path, float]]:
     items = []
     for item in parse_prompts(spec, argument=key):
         path = Path(item.text).expanduser()
-        if not path.is_file():
-            raise InvalidRequest(f"{key}: image file {str(path)!r} does not exist")
+        _check_image(key, path)
         items.append((path, item.weight))
     return items
 
@@ -107,13 +205,25 @@ def _available_memory(device: torch.device) -> int:
 
 def estimate_memory(settings: RunSettings, device: torch.device) -> int:
     """Rough peak bytes of one optimisation step (f16 VQGAN, ViT-B/32 class CLIP):
-    decoder activations kept for backward (~34 float maps of 128 channels at
-    full resolution per candidate), CLIP activations (~45 MB per cutout in fp32),
-    and ~1.2 GB of weights. bench/vqgan_clip.py prints it next to the measured peak."""
-    bytes_per = 2 if device.type == "cuda" and settings.precision != "fp32" else 4
+    decoder activations kept for backward (~34 maps of 128 channels at full
+    resolution per candidate), CLIP activations (~45 MB per cutout in fp32,
+    half that under bf16 autocast), and ~1.2 GB of weights.
+    bench/vqgan_clip.py prints it next to the measured peak.
+
+    The decoder's maps count 4 bytes a value even under bf16 autocast:
+    GroupNorm runs in fp32 there, and the residual sums of bf16 and fp32 stay
+    fp32. Counting 2 bytes (as before) under-estimated an H100 run
+    (bench/results/vqgan_clip-h100.json, bench/vqgan_clip.py, fast mode without
+    compile): 4.56 GiB measured at 480x480 with 32 cutouts against 3.66
+    estimated, 5.05 against 4.33 with 64 cutouts. With 4 bytes the estimate is
+    5.52 and 6.19 GiB: above both, by about a fifth (those runs used ~3.2
+    bytes a value). The CPU (fp32) estimate is unchanged: 3.78 GB at 256x256
+    with 32 cutouts against a 3.94-4.00 GB process peak, Python and its
+    libraries included (bench/results/vqgan_clip-cpu.json)."""
+    clip_bytes = 2 if device.type == "cuda" and settings.precision != "fp32" else 4
     pixels = settings.width * settings.height
-    decoder = settings.candidates * pixels * 128 * bytes_per * 34
-    clip = settings.candidates * settings.cutouts.count * 45_000_000 * bytes_per // 4
+    decoder = settings.candidates * pixels * 128 * 4 * 34
+    clip = settings.candidates * settings.cutouts.count * 45_000_000 * clip_bytes // 4
     return int(decoder + clip + 1.2e9)
 
 
@@ -145,19 +255,8 @@ class VQGANCLIPGenerator:
         if profile == "auto":
             profile = "cpu" if device.type == "cpu" else "full"
         options = {**(CPU_PROFILE if profile == "cpu" else FULL_PROFILE), **options}
-        width = options.get("width", request.size)
-        height = options.get("height", request.size)
-        for key, value in (("width", width), ("height", height)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 16 or value % 16:
-                raise InvalidRequest(f"size {key} {value!r} is not allowed; use a multiple of 16, at least 16")
-        notes = []
-        max_side = options.get("max_side")
-        if max_side and max(width, height) > max_side:
-            scale = max_side / max(width, height)
-            new_w, new_h = max(16, int(width * scale) // 16 * 16), max(16, int(height * scale) // 16 * 16)
-            notes.append(f"size {width}x{height} reduced to {new_w}x{new_h} by the {profile} profile "
-                         "(set option profile='full' to keep it)")
-            width, height = new_w, new_h
+        width = _side("width", options.get("width", request.size))
+        height = _side("height", options.get("height", request.size))
         for key in ("iterations", "cutouts", "candidates", "stop_min_steps", "stop_window"):
             if key in options:
                 options[key] = _number(options, key, int, 1, 100_000)
@@ -165,23 +264,25 @@ class VQGANCLIPGenerator:
                          ("time_budget_s", 0.0)):
             if key in options:
                 options[key] = _number(options, key, float, low)
+        notes = []
+        max_side = _max_side(options) if options.get("max_side") is not None else 0
+        if max_side and max(width, height) > max_side:
+            scale = max_side / max(width, height)
+            new_w, new_h = max(16, int(width * scale) // 16 * 16), max(16, int(height * scale) // 16 * 16)
+            notes.append(f"size {width}x{height} reduced to {new_w}x{new_h} by the {profile} profile "
+                         "(set option profile='full' to keep it)")
+            width, height = new_w, new_h
         if options.get("stop", "plateau") not in ("plateau", "none"):
             raise InvalidRequest(f"stop {options['stop']!r} is not allowed; use plateau or none")
         if options.get("precision", "auto") not in ("auto", "fp32", "bf16"):
             raise InvalidRequest(f"precision {options['precision']!r} is not allowed; use auto, fp32 or bf16")
         if options.get("compile", "auto") not in ("auto", "on", "off"):
             raise InvalidRequest(f"compile {options['compile']!r} is not allowed; use auto, on or off")
-        snapshot_steps = options.get("snapshot_steps", [])
-        if isinstance(snapshot_steps, str):
-            snapshot_steps = [s for s in snapshot_steps.replace(",", " ").split() if s]
-        try:
-            snapshot_steps = tuple(sorted({int(s) for s in snapshot_steps}))
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"snapshot_steps {options.get('snapshot_steps')!r} must be step numbers") from None
+        snapshot_steps = _snapshot_steps(options.get("snapshot_steps", []), options["iterations"])
         image_prompts = _weighted_paths(options["image_prompts"], "image_prompts") if options.get("image_prompts") else []
         init_image = options.get("init_image")
-        if init_image and not Path(init_image).expanduser().is_file():
-            raise InvalidRequest(f"init_image {init_image!r} does not exist")
+        if init_image:
+            _check_image("init_image", Path(init_image).expanduser())
         stop = None
         if options.get("stop", "plateau") == "plateau":
             stop = StopRule(
@@ -193,10 +294,10 @@ class VQGANCLIPGenerator:
             width=width, height=height, iterations=options["iterations"],
             learning_rate=options.get("learning_rate", 0.1), candidates=options.get("candidates", 1),
             cutouts=CutoutSettings(count=options["cutouts"], power=options["cut_power"],
-                                   augment=bool(options.get("augment", True))),
+                                   augment=_flag(options, "augment", True)),
             stop=stop, snapshot_steps=snapshot_steps, init_weight=options.get("init_weight", 0.0),
             time_budget_s=options.get("time_budget_s", 0.0),
-            fast=bool(options.get("fast", True)), precision=options.get("precision", "auto"),
+            fast=_flag(options, "fast", True), precision=options.get("precision", "auto"),
             compile=options.get("compile", "auto"),
         )
         need, have = estimate_memory(settings, device), _available_memory(device)
@@ -220,10 +321,12 @@ class VQGANCLIPGenerator:
         store = ModelStore(self.models_dir)
         vqgan_name = options.get("vqgan", DEFAULT_CONFIG["vqgan"])
         vqgan_paths = store.paths(vqgan_name)  # raises ModelUnavailable naming the fix
-        clip_name = options.get("clip_model", DEFAULT_CONFIG["clip_model"])
-        check_clip_name(clip_name)
         clip_weights = str(options.get("clip_weights", DEFAULT_CONFIG["clip_weights"]))
         entry = store.entry(clip_weights)
+        if options.get("clip_model") is not None:
+            check_clip_name(options["clip_model"])  # an unknown name is the clearer error
+        clip_name = _clip_architecture(options.get("clip_model"), clip_weights, (entry or {}).get("open_clip_name"))
+        check_clip_name(clip_name)
         if entry is not None:
             clip_path: str = str(store.paths(clip_weights)["weights"])
             clip_sha = entry["files"]["weights"]["sha256"]
@@ -246,17 +349,28 @@ class VQGANCLIPGenerator:
     # 2. generate ---------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> GenerationResult:
         plan = self.plan(request)
-        started = time.perf_counter()
-        vqgan, perceptor = self._load(plan["models"], plan["device"])
-        load_s = time.perf_counter() - started
         settings: RunSettings = plan["settings"]
-        image_prompts = [(_load_image(p, None), w) for p, w in plan["image_prompts"]]
-        init = _load_image(Path(plan["init_image"]), (settings.width, settings.height)) if plan["init_image"] else None
-        outcome = optimise(
-            vqgan, perceptor, plan["prompts"], settings, seed=request.seed, device=plan["device"],
-            image_prompts=[(img.to(plan["device"]), w) for img, w in image_prompts],
-            init_image=init, progress=request.progress,
-        )
+        image_prompts = [(_load_image(p, None, "image_prompts"), w) for p, w in plan["image_prompts"]]
+        init = (_load_image(Path(plan["init_image"]).expanduser(), (settings.width, settings.height), "init_image")
+                if plan["init_image"] else None)
+        out_of_memory = None
+        try:
+            started = time.perf_counter()
+            vqgan, perceptor = self._load(plan["models"], plan["device"])
+            load_s = time.perf_counter() - started
+            outcome = optimise(
+                vqgan, perceptor, plan["prompts"], settings, seed=request.seed, device=plan["device"],
+                image_prompts=[(img.to(plan["device"]), w) for img, w in image_prompts],
+                init_image=init, progress=request.progress,
+            )
+        except torch.cuda.OutOfMemoryError as exc:
+            # Raised outside this block: the traceback holds the run's frames and
+            # with them its GPU tensors, which must be freed before the bot goes on.
+            out_of_memory = _out_of_memory_message(settings, plan["device"], exc)
+        if out_of_memory is not None:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise InvalidRequest(out_of_memory)
         best = outcome.best
         parameters = {
             "prompts": request.prompts,
@@ -304,22 +418,57 @@ class VQGANCLIPGenerator:
         return self._cache[key]
 
 
+def _clip_architecture(requested: Any, weights: str, recorded: str | None) -> str:
+    """The open_clip architecture to build for ``weights``.
+
+    For store weights it is the one the store converted them for
+    (``open_clip_name`` in the entry): architectures that differ only in the
+    activation (``ViT-B-32`` and ``ViT-B-32-quickgelu``) have the same
+    state-dict keys, so the wrong one would load strictly and silently compute
+    something else. An explicit ``clip_model`` that disagrees is refused."""
+    if not recorded:
+        return FALLBACK_CLIP_MODEL if requested is None else requested
+    if requested is None or requested == recorded:
+        return recorded
+    raise InvalidRequest(
+        f"clip_model {requested!r} does not match clip_weights {weights!r}, which the model store installed "
+        f"for the open_clip architecture {recorded!r}; leave clip_model out (it defaults to the store's) "
+        f"or set it to {recorded!r}"
+    )
+
+
 def _store_names() -> set[str]:
     from generators.models.known import KNOWN_MODELS
 
     return set(KNOWN_MODELS)
 
 
-def _load_image(path: Path, size: tuple[int, int] | None) -> torch.Tensor:
-    """An image file as a (3, H, W) float tensor in [0, 1], optionally resized."""
+def _out_of_memory_message(settings: RunSettings, device: torch.device, exc: BaseException) -> str:
+    """What ran out, the estimate it passed, and what to lower."""
+    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "CUDA out of memory"
+    return (
+        f"size {settings.width}x{settings.height} with {settings.cutouts.count} cutouts and "
+        f"{settings.candidates} candidate(s) ran out of memory on {device} (estimated "
+        f"{estimate_memory(settings, device) / 2**30:.1f} GiB; {detail}). Use a smaller size, fewer cutouts "
+        "or fewer candidates, or free the GPU of other work"
+    )
+
+
+def _load_image(path: Path, size: tuple[int, int] | None, key: str) -> torch.Tensor:
+    """An image file as a (3, H, W) float tensor in [0, 1], optionally resized.
+    ``plan`` has read it already; a file changed since fails as it would there."""
     from PIL import Image
     import numpy as np
 
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if size is not None:
-            img = img.resize(size, Image.LANCZOS)
-        array = np.asarray(img, dtype=np.float32) / 255.0
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if size is not None:
+                img = img.resize(size, Image.LANCZOS)
+            array = np.asarray(img, dtype=np.float32) / 255.0
+    except Exception:  # noqa: BLE001 - any PIL failure: report it as plan does
+        _check_image(key, path)
+        raise
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -331,7 +480,7 @@ register_generator(
     NAME,
     factory,
     "VQGAN + CLIP: optimise a VQGAN latent until CLIP scores the image close to the prompt "
-    "(needs: bot models fetch vqgan_imagenet_f16_16384 clip_vit_b_32_openai)",
+    "(needs: bot models fetch --trust vqgan_imagenet_f16_16384 clip_vit_b_32_openai)",
     label="VQGAN+CLIP, an image model (VQGAN) steered step by step until a text-image model (CLIP) "
     "matches it to the words that describe the scene",
 )
