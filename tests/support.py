@@ -1,5 +1,6 @@
 """Helpers several test modules share: a small templates folder whose topics
-use a test generator, and a second process holding a state-folder lock."""
+use a test generator, a second process holding a state-folder lock, and a
+bot.toml for the tiny VQGAN+CLIP models."""
 
 from __future__ import annotations
 
@@ -62,3 +63,14 @@ def lock_held_elsewhere(state_dir: Path, name: str, purpose: str) -> Iterator[in
         yield process.pid
     finally:
         process.communicate("\n", timeout=30)
+
+
+def vqgan_bot_config(tiny: dict, folder: Path, *, with_clip_model: bool = True) -> Path:
+    """A bot.toml in ``folder`` pointing the vqgan-clip generator at the tiny
+    models of ``generators.vqgan_clip.tiny.install_tiny_models``."""
+    lines = ["[generators.vqgan_clip]", f'vqgan = "{tiny["vqgan"]}"', f'clip_weights = "{tiny["clip_weights"]}"']
+    if with_clip_model:
+        lines.append(f'clip_model = "{tiny["clip_model"]}"')
+    path = folder / "bot.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

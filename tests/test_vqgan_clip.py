@@ -15,6 +15,7 @@ from generators.vqgan_clip.optimise import RunSettings, StopRule, optimise
 from generators.vqgan_clip.cutouts import CutoutSettings
 from generators.vqgan_clip.prompts import parse_prompts
 from generators.vqgan_clip.tiny import install_tiny_models
+from support import vqgan_bot_config
 
 
 @pytest.fixture(scope="module")
@@ -288,12 +289,7 @@ def test_cli_generate_writes_image_curve_and_manifest(tiny_config, tmp_path, mon
     from bot.cli import cli
 
     monkeypatch.setenv("BOT_PATHS_MODELS", tiny_config["models_dir"])
-    config = tmp_path / "bot.toml"
-    config.write_text(
-        "[generators.vqgan_clip]\n"
-        f"vqgan = \"{tiny_config['vqgan']}\"\nclip_model = \"{tiny_config['clip_model']}\"\n"
-        f"clip_weights = \"{tiny_config['clip_weights']}\"\n"
-    )
+    config = vqgan_bot_config(tiny_config, tmp_path)
     out = tmp_path / "out"
     args = ["--config", str(config), "generate", "--prompt", "coral reef:1 | blurry:-0.5", "--size", "32x48",
             "--iterations", "3", "--cutouts", "4", "--seed", "7", "--snapshot", "2", "--device", "cpu",

@@ -18,6 +18,7 @@ from generators.vqgan_clip import plugin
 from generators.vqgan_clip.cutouts import CutoutSettings
 from generators.vqgan_clip.optimise import RunSettings
 from generators.vqgan_clip.tiny import TINY_CLIP_CONFIG, TINY_CLIP_NAME, install_tiny_models
+from support import vqgan_bot_config
 
 TINY_GELU_NAME = "dstrtd-tiny-clip-gelu"
 
@@ -199,11 +200,7 @@ def test_cli_time_budget_reaches_the_run_settings(tiny_config, tmp_path, monkeyp
     from bot.errors import BadInput
 
     monkeypatch.setenv("BOT_PATHS_MODELS", tiny_config["models_dir"])
-    config = tmp_path / "bot.toml"
-    config.write_text(
-        "[generators.vqgan_clip]\n"
-        f"vqgan = \"{tiny_config['vqgan']}\"\nclip_weights = \"{tiny_config['clip_weights']}\"\n"
-    )
+    config = vqgan_bot_config(tiny_config, tmp_path, with_clip_model=False)
     base = ["--config", str(config), "generate", "--prompt", "coral reef", "--size", "32", "--iterations", "2",
             "--cutouts", "2", "--seed", "3", "--device", "cpu", "--profile", "cpu"]
     out = tmp_path / "out"
