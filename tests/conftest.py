@@ -46,3 +46,20 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         for name, value in bot_env(server, tmp_path / "state", write_templates(tmp_path / "templates")).items():
             monkeypatch.setenv(name, value)
         yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A model store with a tiny VQGAN and a tiny CLIP of the real architectures
+    (built here, nothing downloaded), as the vqgan-clip generator's config."""
+    from generators.vqgan_clip.tiny import install_tiny_models
+
+    return install_tiny_models(tmp_path_factory.mktemp("store") / "models")
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_config: dict):
+    """The vqgan-clip generator on the tiny models."""
+    from generators import get_generator
+
+    return get_generator("vqgan-clip", tiny_config)

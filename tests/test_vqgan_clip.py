@@ -14,18 +14,7 @@ from generators import GenerationRequest, InvalidRequest, ModelUnavailable, get_
 from generators.vqgan_clip.optimise import RunSettings, StopRule, optimise
 from generators.vqgan_clip.cutouts import CutoutSettings
 from generators.vqgan_clip.prompts import parse_prompts
-from generators.vqgan_clip.tiny import install_tiny_models
 from support import vqgan_bot_config
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> dict:
-    return install_tiny_models(tmp_path_factory.mktemp("store") / "models")
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_config):
-    return get_generator("vqgan-clip", tiny_config)
 
 
 def _request(prompts: str = "coral reef", seed: int = 1, **options) -> GenerationRequest:

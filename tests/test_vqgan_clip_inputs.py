@@ -17,20 +17,10 @@ from generators import GenerationRequest, InvalidRequest, get_generator
 from generators.vqgan_clip import plugin
 from generators.vqgan_clip.cutouts import CutoutSettings
 from generators.vqgan_clip.optimise import RunSettings
-from generators.vqgan_clip.tiny import TINY_CLIP_CONFIG, TINY_CLIP_NAME, install_tiny_models
+from generators.vqgan_clip.tiny import TINY_CLIP_CONFIG, TINY_CLIP_NAME
 from support import vqgan_bot_config
 
 TINY_GELU_NAME = "dstrtd-tiny-clip-gelu"
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> dict:
-    return install_tiny_models(tmp_path_factory.mktemp("store") / "models")
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_config):
-    return get_generator("vqgan-clip", tiny_config)
 
 
 def _request(prompts: str = "coral reef", **options) -> GenerationRequest:
