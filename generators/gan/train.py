@@ -2,7 +2,8 @@
 
 One loop, read top to bottom (in the style of nanoGPT's train.py): one
 checkpoint dict holds everything (``checkpoint.pt``: both networks, the EMA
-generator, both optimisers, the epoch, the RNG state, the history), and
+generator, both optimisers, the epoch, the RNG states, the history, a digest
+of the training images), and
 ``--resume`` reads it back key for key, so a resumed seeded run produces the
 same numbers as an uninterrupted one.
 
@@ -11,7 +12,10 @@ The output folder (a "model folder") holds:
 - ``config.json``        the network spec and training settings (rebuilds the generator)
 - ``generator.safetensors``  the best generator so far by KID (EMA weights for ``diffaug``)
 - ``generator-last.safetensors``  the generator of the last epoch
-- ``checkpoint.pt``      full training state for ``--resume`` (not needed to sample)
+- ``checkpoint.pt``      full training state for ``--resume`` (not needed to sample);
+  ``checkpoint-prev.pt`` the one before it, in case a crash spoils the last
+- ``.train.lock``        held while a run trains into the folder
+- ``cache/``             the decoded training images
 - ``metrics.jsonl``      one line per epoch: G loss, D loss, D accuracy on real and fake, ...
 - ``samples/epoch-NNNN.png``  sample grids from a fixed set of latents
 - ``loss_curve.png``, ``report.json``, ``report.png``  the diagnostics
