@@ -139,3 +139,19 @@ def test_bundled_hubble_model_samples_a_dark_sky_with_bright_sources() -> None:
     pixels = sorted(result.image.convert("L").tobytes())
     assert pixels[len(pixels) // 2] < 90  # mostly dark sky
     assert pixels[-len(pixels) // 200] > pixels[len(pixels) // 2] + 40  # with bright points
+
+
+def test_a_topic_can_post_from_the_last_epoch(models_dir: Path) -> None:
+    from generators.gan.sample import _sha256
+
+    folder = models_dir / "gan" / "tiny"
+    generator = get_generator("gan", {"models_dir": str(models_dir)})
+    best = generator.generate(GenerationRequest(seed=2, size=32, model="tiny"))
+    last = generator.generate(GenerationRequest(seed=2, size=32, model="tiny", options={"weights": "last"}))
+    assert best.models["generator"]["sha256"] == _sha256(folder / "generator.safetensors")
+    assert last.models["generator"]["sha256"] == _sha256(folder / "generator-last.safetensors")
+    assert (best.parameters["weights"], last.parameters["weights"]) == ("best", "last")
+    with pytest.raises(InvalidRequest, match="weights 'first': choose one of best, last"):
+        generator.check(GenerationRequest(seed=2, size=32, model="tiny", options={"weights": "first"}))
+    with pytest.raises(InvalidRequest, match="option 'wieghts': the gan generator takes only weights"):
+        generator.check(GenerationRequest(seed=2, size=32, model="tiny", options={"wieghts": "last"}))
