@@ -151,6 +151,8 @@ def test_a_topic_can_post_from_the_last_epoch(models_dir: Path) -> None:
     assert best.models["generator"]["sha256"] == _sha256(folder / "generator.safetensors")
     assert last.models["generator"]["sha256"] == _sha256(folder / "generator-last.safetensors")
     assert (best.parameters["weights"], last.parameters["weights"]) == ("best", "last")
+    with pytest.raises(InvalidRequest, match="seed 9223372036854775808: must be from 0 to 9223372036854775807"):
+        generator.check(GenerationRequest(seed=2**63, size=32, model="tiny"))
     with pytest.raises(InvalidRequest, match="weights 'first': choose one of best, last"):
         generator.check(GenerationRequest(seed=2, size=32, model="tiny", options={"weights": "first"}))
     with pytest.raises(InvalidRequest, match="option 'wieghts': the gan generator takes only weights"):

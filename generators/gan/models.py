@@ -40,6 +40,7 @@ from torch.nn.utils import spectral_norm
 ARCHS = ("gan", "dcgan", "wgan", "wgan-gp", "diffaug")
 DEFAULT_ARCH = "diffaug"
 MIN_SIZE, MAX_SIZE = 32, 512
+MAX_SEED = 2**63 - 1  # torch's manual_seed takes a signed 64-bit integer (training and sampling seeds)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from generators.errors import InvalidRequest
+from generators.gan.models import MAX_SEED
 from generators.gan.sample import MAX_OUTPUT_SIZE, WEIGHT_FILES, LoadedModel, check_model, drawn_images, load_model, native_scale, resolve_model_dir, upscale
 from generators.registry import GenerationRequest, GenerationResult, register_generator
 
@@ -64,8 +65,8 @@ class GanGenerator:
         (naming `bot train`); unreadable weights -> CorruptModel. No sampling."""
         if not (16 <= request.size <= MAX_OUTPUT_SIZE):
             raise InvalidRequest(f"size {request.size}: must be from 16 to {MAX_OUTPUT_SIZE} pixels")
-        if request.seed < 0:
-            raise InvalidRequest(f"seed {request.seed}: must be 0 or more")
+        if not (0 <= request.seed <= MAX_SEED):
+            raise InvalidRequest(f"seed {request.seed}: must be from 0 to {MAX_SEED}")
         if request.device not in ("auto", "cpu"):
             raise InvalidRequest(f"device {request.device!r}: the GAN generator samples on 'cpu' (or 'auto')")
         weights = self._weights(request)

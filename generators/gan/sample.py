@@ -26,13 +26,12 @@ from safetensors.torch import load_file
 
 from generators.errors import CorruptModel, InvalidRequest, ModelUnavailable
 from generators.gan.data import to_uint8
-from generators.gan.models import ModelSpec, build_generator, set_noise_rng
+from generators.gan.models import MAX_SEED, ModelSpec, build_generator, set_noise_rng
 
 WEIGHTS = "generator.safetensors"
 #: Which generator of a model folder to sample: the best by KID (what ``bot train``
 #: keeps as generator.safetensors) or the last epoch's.
 WEIGHT_FILES = {"best": WEIGHTS, "last": "generator-last.safetensors"}
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 MAX_OUTPUT_SIZE = 4096
 #: How much larger than its training crops a spatial-latent model draws. The
 #: structures keep their training scale (a galaxy stays 2-10 px), so a larger

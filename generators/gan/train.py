@@ -46,7 +46,7 @@ from generators.errors import CorruptModel, InvalidRequest
 from generators.gan import diagnostics
 from generators.gan.augment import DEFAULT_POLICY, check_policy, diff_augment
 from generators.gan.data import load_images, to_float, to_uint8, update_cache
-from generators.gan.models import ARCHS, DEFAULT_ARCH, MAX_SIZE, MIN_SIZE, ModelSpec, build_discriminator, build_generator, set_noise_rng
+from generators.gan.models import ARCHS, DEFAULT_ARCH, MAX_SEED, MAX_SIZE, MIN_SIZE, ModelSpec, build_discriminator, build_generator, set_noise_rng
 from generators.host_memory import reuse_freed_memory
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,6 @@ CHECKPOINT_FORMAT = 1
 PREVIOUS_CHECKPOINT = "checkpoint-prev.pt"
 LOCK_FILE = ".train.lock"
 MIN_IMAGES = 4  # KID and the diversity ratio compare two halves of the data, each needing two images
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 #: The fully connected GAN of Goodfellow et al. grows with the square of the image
 #: side (its layers see every pixel): 1.2 billion parameters at 512 px. Above this
 #: size the convolutional architectures are the only sensible choice.
