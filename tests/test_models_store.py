@@ -179,6 +179,9 @@ def test_fetch_without_a_published_sum_needs_trust_and_records_it_as_unverified(
     # pickle: without --trust it is refused (the download is kept for the
     # retry); with it, the sum is recorded as unverified.
     store = ModelStore(tmp_path / "models")
+    # every message that names the fetch command names one that works
+    assert f"run: bot models fetch {unverified_spec.name} --trust (or:" in store.missing_message(unverified_spec.name)
+    assert f"run: bot models fetch {tiny_spec.name} (or:" in store.missing_message(tiny_spec.name)
     with pytest.raises(UntrustedCheckpoint, match=f"bot models fetch {unverified_spec.name} --trust"):
         store.fetch(unverified_spec.name)
     assert _store_contents(tmp_path / "models") == set()

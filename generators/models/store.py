@@ -103,19 +103,17 @@ class ModelStore:
         """The command that puts back a damaged model: ``fetch`` only knows the
         known downloads; anything imported has to be imported again."""
         if name in KNOWN_MODELS:
-            return f"bot models fetch {name}"
-        kind = (self.entry(name) or {}).get("kind")
-        if kind == "clip":
-            return f"bot models import {name} --weights FILE --clip-model ARCH"
-        return f"bot models import {name} --checkpoint CKPT --config YAML"
+            return fetch_command(KNOWN_MODELS[name])
+        kind = (self.entry(name) or {}).get("kind", "vqgan")
+        return f"bot models import {name} {IMPORT_ARGS[kind]}"
 
     def missing_message(self, name: str) -> str:
         if name in KNOWN_MODELS:
-            how = "--weights FILE" if KNOWN_MODELS[name].kind == "clip" else "--checkpoint CKPT --config YAML"
-            return (f"model {name!r} is not installed in {self.root}; run: bot models fetch {name} "
-                    f"(or: bot models import {name} {how})")
+            spec = KNOWN_MODELS[name]
+            return (f"model {name!r} is not installed in {self.root}; run: {fetch_command(spec)} "
+                    f"(or: bot models import {name} {IMPORT_ARGS[spec.kind]})")
         return (f"model {name!r} is not installed in {self.root} and is not a known download; "
-                f"run: bot models import {name} --checkpoint CKPT --config YAML (VQGAN) or --weights FILE (CLIP); "
+                f"run: bot models import {name} {IMPORT_ARGS['vqgan']} (VQGAN) or {IMPORT_ARGS['clip']} (CLIP); "
                 f"known downloads: {', '.join(sorted(KNOWN_MODELS))}")
 
     def spec(self, name: str) -> ModelSpec:
@@ -145,7 +143,7 @@ class ModelStore:
         folder = self.root / ".downloads" / name
         if force:
             shutil.rmtree(folder, ignore_errors=True)
-        retry = f"bot models fetch {name}" + (" --trust" if trust else "")
+        retry = fetch_command(spec)
         downloaded: dict[str, Path] = {}
         originals: dict[str, dict[str, Any]] = {}
         for source in spec.files:
@@ -174,7 +172,7 @@ class ModelStore:
                 f"model {name!r}: no sha256 is published for {', '.join(unverified)}, and the checkpoint "
                 "holds objects besides tensors, which only a full (stubbed) unpickle reads; refusing to "
                 f"unpickle it without trust. The download is kept in {folder}. If you trust that source, "
-                f"run: bot models fetch {name} --trust"
+                f"run: {fetch_command(spec)}"
             ) from exc
         except CorruptModel as exc:
             # A file that fails to convert (an HTML page, a truncated file with
@@ -281,7 +279,7 @@ class ModelStore:
             response = requests.get(source.url, headers=headers, stream=True, timeout=60)
         except requests.RequestException as exc:
             raise ModelUnavailable(f"cannot download {source.url} ({exc}); check the network and retry "
-                                   f"`bot models fetch {name}`") from exc
+                                   f"`{fetch_command(KNOWN_MODELS[name])}`") from exc
         with response:
             if response.status_code == 416 and have:  # asked for bytes past the end: start again
                 part.unlink(missing_ok=True)
@@ -319,12 +317,12 @@ class ModelStore:
                 except requests.RequestException as exc:
                     raise CorruptModel(
                         f"download of {source.url} broke off at {received} bytes ({exc}); "
-                        f"the partial file is kept: run `bot models fetch {name}` again to resume"
+                        f"the partial file is kept: run `{fetch_command(KNOWN_MODELS[name])}` again to resume"
                     ) from exc
         if total and received != total:
             raise CorruptModel(
                 f"download of {source.url} is truncated ({received} of {total} bytes); "
-                f"the partial file is kept: run `bot models fetch {name}` again to resume"
+                f"the partial file is kept: run `{fetch_command(KNOWN_MODELS[name])}` again to resume"
             )
         os.replace(part, final)
         validators.unlink(missing_ok=True)
@@ -375,6 +373,17 @@ class ModelStore:
             manifest["models"][name] = entry
             _atomic_write_json(self.root / MANIFEST, manifest)
         return entry
+
+
+IMPORT_ARGS = {"vqgan": "--checkpoint CKPT --config YAML", "clip": "--weights FILE --clip-model ARCH"}
+
+
+def fetch_command(spec: ModelSpec) -> str:
+    """``bot models fetch NAME``, with ``--trust`` when a checkpoint of the
+    download publishes no sha256 (fetch refuses to unpickle it otherwise), so
+    that every message names a command that works."""
+    unverified = any(not source.sha256 for source in spec.files if source.role != "config")
+    return f"bot models fetch {spec.name}" + (" --trust" if unverified else "")
 
 
 def _parse_content_range(value: str) -> tuple[int | None, int]:
