@@ -170,14 +170,12 @@ def _tf32_state() -> tuple[str, Any, Any]:
 
 
 def _set_tf32(api: str, on: bool) -> None:
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    if api == "legacy":
-        matmul.allow_tf32 = cudnn.allow_tf32 = on
-    else:
-        matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if on else "ieee"
+    value = on if api == "legacy" else ("tf32" if on else "ieee")
+    _restore_tf32((api, value, value))
 
 
 def _restore_tf32(state: tuple[str, Any, Any]) -> None:
+    """Write a state of :func:`_tf32_state`'s shape back to its switches."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     api, matmul_value, conv_value = state
     if api == "legacy":
