@@ -480,11 +480,15 @@ def test_resume_on_other_images_is_refused_unless_asked_for(hubble_crops: Path, 
 def test_sample_the_last_epoch_and_refuse_out_of_range_seeds(hubble_crops: Path, tmp_path: Path) -> None:
     from generators.gan.sample import sample_to_dir
 
+    from generators.gan.sample import _sha256
+
     out = tmp_path / "m"
     _train(hubble_crops, out, arch="dcgan", epochs=2, eval_every=5)  # evaluated at epoch 2 only: best == last
     best = sample_to_dir(out, tmp_path / "best", n=1, seed=4)[0].read_bytes()
     last = sample_to_dir(out, tmp_path / "last", n=1, seed=4, weights="last")[0].read_bytes()
-    assert best == last
+    assert best == last  # the same network (epoch 2) ...
+    # ... read from the other file (its metadata differs, so does its sum)
+    assert load_model(out, "last").sha256 == _sha256(out / "generator-last.safetensors") != load_model(out).sha256
     (out / "generator-last.safetensors").unlink()
     with pytest.raises(Exception, match="generator-last.safetensors"):
         sample_to_dir(out, tmp_path / "x", n=1, seed=4, weights="last")
