@@ -97,15 +97,6 @@ def import_(app: AppContext, name: str, checkpoint: str | None, config_file: str
         files, kind = {"checkpoint": checkpoint, "config": config_file}, "vqgan"
     else:
         raise BadInput("give --checkpoint and --config for a VQGAN, or --weights for CLIP")
-    if weights and not clip_model:
-        from generators.models import KNOWN_MODELS
-
-        if name not in KNOWN_MODELS:
-            raise BadInput(
-                f"--clip-model is required for {name!r}, which is not a known model: give the open_clip "
-                f"architecture of --weights, e.g. "
-                f"bot models import {name} --weights {weights} --clip-model ViT-B-32-quickgelu"
-            )
     entry = _store(app).import_files(name, files, kind=kind, open_clip_name=clip_model, trust=trust)
     click.echo(f"{name}: installed ({', '.join(f['path'] for f in entry['files'].values())})")
 

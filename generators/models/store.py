@@ -205,9 +205,9 @@ class ModelStore:
             # Weights do not say which architecture they belong to, and the
             # store only knows that for its known downloads.
             raise InvalidRequest(
-                f"model {name!r}: open_clip_name (--clip-model) is required for CLIP weights the store does "
-                f"not know (open_clip_name is {open_clip_name!r}); give the open_clip architecture of the "
-                f"weights, e.g. --clip-model ViT-B-32-quickgelu. Known CLIP downloads: "
+                f"model {name!r}: --clip-model is required for CLIP weights the store does not know "
+                f"(open_clip_name, the open_clip architecture of the weights, e.g. --clip-model "
+                f"ViT-B-32-quickgelu). Known CLIP downloads: "
                 f"{', '.join(sorted(n for n, s in KNOWN_MODELS.items() if s.kind == 'clip'))}"
             )
         originals: dict[str, dict[str, Any]] = {}
