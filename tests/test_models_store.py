@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import yaml
 
 from generators.errors import CorruptModel, InvalidRequest, ModelUnavailable
 from generators.models import KNOWN_MODELS, ModelSpec, ModelStore, SourceFile, register_known_model, sha256_file
+from generators.models import store as store_module
 from generators.models.checkpoints import UntrustedCheckpoint
+from generators.models.store import FetchOutcome
 from generators.vqgan_clip.tiny import write_tiny_clip, write_tiny_vqgan
 from generators.vqgan_clip.vqgan import VQGAN
 
@@ -118,7 +121,8 @@ def _store_contents(root: Path) -> set[str]:
 def test_fetch_downloads_checks_converts_and_records(tmp_path, tiny_spec, tiny_files, server):
     store = ModelStore(tmp_path / "models")
     seen = []
-    entry = store.fetch(tiny_spec.name, progress=lambda done, total, info: seen.append((done, total)))
+    result = store.fetch(tiny_spec.name, progress=lambda done, total, info: seen.append((done, total)))
+    assert result.outcome is FetchOutcome.INSTALLED
     assert seen and seen[-1][0] == seen[-1][1]
     paths = store.paths(tiny_spec.name)
     assert paths["weights"].suffix == ".safetensors"
@@ -129,7 +133,7 @@ def test_fetch_downloads_checks_converts_and_records(tmp_path, tiny_spec, tiny_f
     recorded = manifest["models"][tiny_spec.name]
     assert recorded["files"]["weights"]["sha256"] == sha256_file(paths["weights"])
     assert recorded["original"]["checkpoint"]["sha256_verified"] is True
-    assert entry == recorded
+    assert result.entry == recorded
     assert not (tmp_path / "models" / ".downloads" / tiny_spec.name).exists()
     assert store.verify() == [{"name": tiny_spec.name, "ok": True, "problems": []}]
     listed = {row["name"]: row for row in store.list()}
@@ -186,7 +190,7 @@ def test_fetch_without_a_published_sum_needs_trust_and_records_it_as_unverified(
         store.fetch(unverified_spec.name)
     assert _store_contents(tmp_path / "models") == set()
     assert (tmp_path / "models" / ".downloads" / unverified_spec.name / "last.ckpt").is_file()
-    entry = store.fetch(unverified_spec.name, trust=True)
+    entry = store.fetch(unverified_spec.name, trust=True).entry
     assert [r for r in server.requests if r[0] == "/tiny/last.ckpt"] == [("/tiny/last.ckpt", None)]  # not again
     assert entry["original"]["checkpoint"]["sha256_verified"] is False
     assert entry["original"]["checkpoint"]["sha256"] == tiny_spec.files[0].sha256
@@ -344,7 +348,7 @@ def test_resume_sends_if_range_and_restarts_when_the_file_changed(tmp_path, tiny
 @pytest.mark.parametrize("damage", ["deleted", "changed", "crash_between_renames"])
 def test_fetch_installs_again_when_the_installed_files_are_damaged(tmp_path, tiny_spec, server, damage):
     store = ModelStore(tmp_path / "models")
-    first = store.fetch(tiny_spec.name)
+    first = store.fetch(tiny_spec.name).entry
     weights = store.paths(tiny_spec.name)["weights"]
     if damage == "deleted":
         weights.unlink()
@@ -358,11 +362,13 @@ def test_fetch_installs_again_when_the_installed_files_are_damaged(tmp_path, tin
         aside.mkdir()
         (tmp_path / "models" / tiny_spec.name).rename(aside / "x")
     again = store.fetch(tiny_spec.name)
-    assert again["installed_at"] >= first["installed_at"] and store.verify()[0]["ok"]
+    assert again.outcome is FetchOutcome.REINSTALLED
+    assert again.entry["installed_at"] >= first["installed_at"] and store.verify()[0]["ok"]
     assert store.paths(tiny_spec.name)["weights"].is_file()
     assert not list((tmp_path / "models").glob(".old-*")) and not list((tmp_path / "models").glob(".tmp-*"))
     requests = len(server.requests)
-    assert store.fetch(tiny_spec.name) == store.entry(tiny_spec.name)  # intact now: nothing downloaded
+    intact = store.fetch(tiny_spec.name)  # intact now: nothing downloaded
+    assert intact.outcome is FetchOutcome.ALREADY_INSTALLED and intact.entry == store.entry(tiny_spec.name)
     assert len(server.requests) == requests
 
 
@@ -387,9 +393,42 @@ def test_cli_fetch_reinstalls_a_damaged_model_and_says_when_nothing_was_done(tmp
     code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "verify")
     assert code == 1 and f"reinstall: bot models fetch {tiny_spec.name}" in out
     code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "fetch", tiny_spec.name)
-    assert code == 0 and f"{tiny_spec.name}: installed" in out
+    assert code == 0 and f"{tiny_spec.name}: reinstalled" in out
     code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "verify")
     assert code == 0 and f"{tiny_spec.name}: ok" in out
+
+
+def _count_hashes(monkeypatch, root: Path) -> Counter:
+    """Every sha256 the store takes from now on, by file path relative to ``root``."""
+    hashed: Counter = Counter()
+    real = store_module.sha256_file
+
+    def counting(path, *args, **kwargs):
+        hashed[Path(path).relative_to(root).as_posix()] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "sha256_file", counting)
+    return hashed
+
+
+def test_cli_fetch_hashes_each_installed_file_once(tmp_path, tiny_spec, server, capsys, monkeypatch):
+    # A real model takes a while to hash: the CLI learns from fetch whether the
+    # installed files were intact instead of checking them a second time.
+    name = tiny_spec.name
+    _run_bot(capsys, monkeypatch, tmp_path, "models", "fetch", name)
+    weights, config = f"{name}/model.safetensors", f"{name}/config.yaml"
+    hashed = _count_hashes(monkeypatch, tmp_path / "models")
+    code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "fetch", name)
+    assert code == 0 and f"{name}: already installed" in out
+    assert hashed == {weights: 1, config: 1}
+    damaged = tmp_path / "models" / weights
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x00")
+    hashed.clear()
+    code, out, _ = _run_bot(capsys, monkeypatch, tmp_path, "models", "fetch", name)
+    assert code == 0 and f"{name}: reinstalled" in out
+    # The damaged install once to find the damage, each download once to check
+    # it, and the new install once to record it in the manifest.
+    assert hashed == {weights: 2, config: 2, f".downloads/{name}/last.ckpt": 1, f".downloads/{name}/model.yaml": 1}
 
 
 def test_cli_fetch_without_a_published_sum_names_the_trust_flag(tmp_path, unverified_spec, server,

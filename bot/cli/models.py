@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator
+
 import click
 
 from bot.cli.common import AppContext, emit_json, pass_app, progress_bar
@@ -62,13 +65,27 @@ def fetch(app: AppContext, names: tuple[str, ...], force: bool, trust: bool) -> 
     for name in names:
         store.spec(name)  # unknown names fail before any download
     for name in names:
-        if not force and store.intact(name):
-            entry = store.entry(name) or {}
-            click.echo(f"{name}: already installed ({', '.join(f['path'] for f in entry['files'].values())})")
-            continue
-        with progress_bar(f"fetching {name}", enabled=None) as progress:
-            entry = store.fetch(name, progress=progress, force=force, trust=trust)
-        click.echo(f"{name}: installed ({', '.join(f['path'] for f in entry['files'].values())})")
+        with _progress_on_first_byte(f"fetching {name}") as progress:
+            result = store.fetch(name, progress=progress, force=force, trust=trust)
+        click.echo(f"{name}: {result.outcome.value} "
+                   f"({', '.join(f['path'] for f in result.entry['files'].values())})")
+
+
+@contextmanager
+def _progress_on_first_byte(label: str) -> Iterator[Callable[[int, int, dict], None]]:
+    """A download progress bar that appears with the first bytes: ``fetch``
+    decides itself whether there is anything to download, and a model that is
+    already installed should print no empty bar."""
+    with ExitStack() as stack:
+        bar: Callable[[int, int, dict], None] | None = None
+
+        def update(done: int, total: int, info: dict) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = stack.enter_context(progress_bar(label, enabled=None))
+            bar(done, total, info)
+
+        yield update
 
 
 @command.command("import")

@@ -19,10 +19,12 @@ atomically (write to a temp file, fsync, rename) under a file lock.
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +42,23 @@ CONFIG = "config.yaml"
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+class FetchOutcome(str, enum.Enum):
+    """What ``fetch`` did. It checks the installed files itself, so a caller
+    that reports the outcome need not hash a model of gigabytes a second time."""
+
+    ALREADY_INSTALLED = "already installed"
+    INSTALLED = "installed"
+    REINSTALLED = "reinstalled"  # was in the manifest: damaged, or --force
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The outcome of ``fetch`` and the model's manifest entry after it."""
+
+    outcome: FetchOutcome
+    entry: dict[str, Any]
 
 
 class ModelStore:
@@ -124,7 +143,7 @@ class ModelStore:
     # ------------------------------------------------------------------ fetch / import
 
     def fetch(self, name: str, *, progress: Progress | None = None, force: bool = False,
-              trust: bool = False) -> dict[str, Any]:
+              trust: bool = False) -> FetchResult:
         """Download a known model from its official URLs (resuming ``.part``
         files), check sums, convert to safetensors and install it.
 
@@ -135,11 +154,15 @@ class ModelStore:
         reused. A checkpoint that needs a full (stubbed) unpickle is read only
         when its sha256 matched a published one, or with ``trust``: a file
         with no published sum is otherwise vouched for by nobody.
+
+        The result says whether the model was already installed, installed or
+        installed again: only this check hashes the installed files, and a
+        large model takes a while to hash.
         """
         spec = self.spec(name)
-        self.manifest()  # an unreadable manifest fails here, not after the download
-        if not force and self.intact(name):
-            return self.entry(name)  # type: ignore[return-value]
+        previous = self.entry(name)  # an unreadable manifest fails here, not after the download
+        if previous is not None and not force and self.intact(name):
+            return FetchResult(FetchOutcome.ALREADY_INSTALLED, previous)
         folder = self.root / ".downloads" / name
         if force:
             shutil.rmtree(folder, ignore_errors=True)
@@ -182,7 +205,7 @@ class ModelStore:
                 f"{exc}; the downloaded files were deleted, run `{retry}` to download them again"
             ) from exc
         shutil.rmtree(folder, ignore_errors=True)
-        return entry
+        return FetchResult(FetchOutcome.INSTALLED if previous is None else FetchOutcome.REINSTALLED, entry)
 
     def import_files(self, name: str, files: dict[str, str | os.PathLike[str]], *, kind: str | None = None,
                      open_clip_name: str | None = None, trust: bool = False) -> dict[str, Any]:
