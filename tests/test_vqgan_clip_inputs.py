@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from generators import GenerationRequest, InvalidRequest, get_generator
 from generators.vqgan_clip import plugin
@@ -153,6 +154,35 @@ def test_readable_init_and_prompt_images_run(generator, tmp_path):
     request.progress = None
     result = generator.generate(request)
     assert result.image.size == (32, 32) and len(result.loss_curve) == 2
+
+
+def _count_decodes(monkeypatch) -> Counter:
+    """Pixel decodes from now on, by image size. ``ImageFile.load`` decodes
+    while ``tile`` lists undecoded data and empties it; a later call on the
+    same image only returns the pixels, so it is not counted."""
+    decodes: Counter = Counter()
+    real = ImageFile.ImageFile.load
+
+    def counting(self):
+        if self.tile:
+            decodes[self.size] += 1
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
+    return decodes
+
+
+def test_each_image_file_is_decoded_once_per_generate(generator, tmp_path, monkeypatch):
+    # plan decodes the images to check them, and generate uses those: a large
+    # image is not decoded a second time.
+    init, prompt = _png(tmp_path / "start.png", 24), _png(tmp_path / "prompt.png", 40)
+    request = _request(init_image=str(init), image_prompts=f"{prompt}:0.5", iterations=2)
+    request.progress = None
+    decodes = _count_decodes(monkeypatch)
+    result = generator.generate(request)
+    assert decodes == {(24, 24): 1, (40, 40): 1}
+    assert result.image.size == (32, 32)
+    assert result.parameters["image_prompts"] == [f"{prompt}:0.5"] and result.parameters["init_image"] == str(init)
 
 
 # F. out of memory ----------------------------------------------------------------

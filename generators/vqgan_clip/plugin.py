@@ -19,10 +19,11 @@ Options (request ``options`` or config): ``iterations`` (hard cap), ``cutouts``,
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +32,9 @@ from generators.registry import GenerationRequest, GenerationResult, register_ge
 from generators.vqgan_clip.cutouts import CutoutSettings
 from generators.vqgan_clip.optimise import RunSettings, StopRule, optimise
 from generators.vqgan_clip.prompts import parse_prompts
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 NAME = "vqgan-clip"
 LOSS_LABEL = "spherical distance loss"
@@ -162,19 +166,25 @@ def _snapshot_steps(raw: Any, iterations: int) -> tuple[int, ...]:
     return tuple(sorted(steps))
 
 
-def _check_image(key: str, path: Path) -> None:
-    """Refuse a file that PIL cannot read, here, before the models load
-    (a minute on a CPU) and with the option's name, rather than as a traceback
-    from the optimisation's setup."""
+def _read_image(key: str, path: Path) -> PIL.Image.Image:
+    """The image file at ``path``, read once and decoded to RGB.
+
+    A file that PIL cannot read is refused here, in ``plan``, before the
+    models load (a minute on a CPU) and with the option's name, rather than as
+    a traceback from the optimisation's setup; the plan keeps the decoded
+    image, so ``generate`` uses what was checked without reading it again."""
     from PIL import Image
 
     if not path.is_file():
         raise InvalidRequest(f"{key}: image file {str(path)!r} does not exist")
     try:
-        with Image.open(path) as img:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
             img.verify()  # structure and chunk checksums, without decoding
-        with Image.open(path) as img:
-            img.load()  # verify() misses truncated pixel data; it also leaves the image unusable, hence a new open
+        with Image.open(io.BytesIO(data)) as img:
+            # verify() misses truncated pixel data, which decoding finds; it
+            # also leaves the image unusable, hence a second open.
+            return img.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, struct.error ... by format
         raise InvalidRequest(
             f"{key}: {str(path)!r} is not an image file that can be read ({type(exc).__name__}: {exc}); "
@@ -182,12 +192,12 @@ def _check_image(key: str, path: Path) -> None:
         ) from None
 
 
-def _weighted_paths(spec: str, key: str) -> list[tuple[Path, float]]:
+def _weighted_images(spec: str, key: str) -> list[tuple[Path, float, PIL.Image.Image]]:
+    """Each ``path:weight`` of ``spec`` with its decoded image."""
     items = []
     for item in parse_prompts(spec, argument=key):
         path = Path(item.text).expanduser()
-        _check_image(key, path)
-        items.append((path, item.weight))
+        items.append((path, item.weight, _read_image(key, path)))
     return items
 
 
@@ -279,10 +289,9 @@ class VQGANCLIPGenerator:
         if options.get("compile", "auto") not in ("auto", "on", "off"):
             raise InvalidRequest(f"compile {options['compile']!r} is not allowed; use auto, on or off")
         snapshot_steps = _snapshot_steps(options.get("snapshot_steps", []), options["iterations"])
-        image_prompts = _weighted_paths(options["image_prompts"], "image_prompts") if options.get("image_prompts") else []
+        image_prompts = _weighted_images(options["image_prompts"], "image_prompts") if options.get("image_prompts") else []
         init_image = options.get("init_image")
-        if init_image:
-            _check_image("init_image", Path(init_image).expanduser())
+        init_pixels = _read_image("init_image", Path(init_image).expanduser()) if init_image else None
         stop = None
         if options.get("stop", "plateau") == "plateau":
             stop = StopRule(
@@ -309,7 +318,8 @@ class VQGANCLIPGenerator:
             )
         models = self._model_files(options)
         return {"prompts": prompts, "device": device, "settings": settings, "profile": profile, "notes": notes,
-                "image_prompts": image_prompts, "init_image": init_image, "models": models}
+                "image_prompts": image_prompts, "init_image": init_image, "init_pixels": init_pixels,
+                "models": models}
 
     def check(self, request: GenerationRequest) -> None:
         self.plan(request)
@@ -350,9 +360,9 @@ class VQGANCLIPGenerator:
     def generate(self, request: GenerationRequest) -> GenerationResult:
         plan = self.plan(request)
         settings: RunSettings = plan["settings"]
-        image_prompts = [(_load_image(p, None, "image_prompts"), w) for p, w in plan["image_prompts"]]
-        init = (_load_image(Path(plan["init_image"]).expanduser(), (settings.width, settings.height), "init_image")
-                if plan["init_image"] else None)
+        image_prompts = [(_to_tensor(image), w) for _, w, image in plan["image_prompts"]]
+        init = (_to_tensor(plan["init_pixels"], (settings.width, settings.height))
+                if plan["init_pixels"] is not None else None)
         out_of_memory = None
         try:
             started = time.perf_counter()
@@ -378,7 +388,7 @@ class VQGANCLIPGenerator:
             "seed": request.seed,
             "device": str(plan["device"]),
             "profile": plan["profile"],
-            "image_prompts": [f"{p}:{w}" for p, w in plan["image_prompts"]],
+            "image_prompts": [f"{p}:{w}" for p, w, _ in plan["image_prompts"]],
             "init_image": plan["init_image"],
             **settings.as_dict(),
             "torch": torch.__version__,
@@ -454,21 +464,14 @@ def _out_of_memory_message(settings: RunSettings, device: torch.device, exc: Bas
     )
 
 
-def _load_image(path: Path, size: tuple[int, int] | None, key: str) -> torch.Tensor:
-    """An image file as a (3, H, W) float tensor in [0, 1], optionally resized.
-    ``plan`` has read it already; a file changed since fails as it would there."""
+def _to_tensor(image: PIL.Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """An RGB image as a (3, H, W) float tensor in [0, 1], resized to ``size`` when given."""
     from PIL import Image
     import numpy as np
 
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is not None:
-                img = img.resize(size, Image.LANCZOS)
-            array = np.asarray(img, dtype=np.float32) / 255.0
-    except Exception:  # noqa: BLE001 - any PIL failure: report it as plan does
-        _check_image(key, path)
-        raise
+    if size is not None:
+        image = image.resize(size, Image.LANCZOS)
+    array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
