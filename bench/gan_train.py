@@ -26,6 +26,12 @@ On a GPU (when one is present) the same variants plus, building on
 ``fused_adam``: ``bf16`` (bf16 autocast), ``bf16_compiled`` (+ ``torch.compile``)
 and ``bf16_graphs`` (+ CUDA graphs, ``torch.compile(mode="reduce-overhead")``:
 a step of small kernels is bound by launch overhead, which graph replay removes).
+``bf16_step_graph`` builds on ``bf16`` instead (eager kernels, channels-last)
+and captures the *whole* step, both backward passes and both Adam updates
+included, as one ``torch.cuda.CUDAGraph``: one launch a step. Adam runs with
+``capturable=True`` (its step counts live on the GPU) and autocast with its
+weight-cast cache off, as graph capture requires; the noise is drawn inside
+the graph from the default generator, which replays advance.
 
 On the CPU each variant also reports the FLOPs of its step (convolutions and
 matrix products, ``torch.utils.flop_counter``) and the rate it reached, against
@@ -61,12 +67,15 @@ BATCH = 64
 ORDER = ["baseline", "no_grad_fake", "reuse_memory", "frozen_d", "channels_last", "fused_adam", "compiled"]
 
 
-GPU_ORDER = ["bf16", "bf16_compiled", "bf16_graphs"]  # each builds on the one before, the first on fused_adam
+GPU_ORDER = ["bf16", "bf16_compiled", "bf16_graphs", "bf16_step_graph"]  # see features()
 
 
 def features(variant: str) -> set[str]:
     """The changes a variant makes: its own and those of every variant before it
-    in ``ORDER`` (or, for the GPU-only ones, in ``GPU_ORDER`` after ``fused_adam``)."""
+    in ``ORDER`` (or, for the GPU-only ones, in ``GPU_ORDER`` after ``fused_adam``;
+    ``bf16_step_graph`` builds on ``bf16`` alone)."""
+    if variant == "bf16_step_graph":  # eager bf16 kernels in one whole-step graph, not the compiled path
+        return features("bf16") | {"step_graph"}
     if variant in GPU_ORDER:
         extra = {"bf16_compiled": "compiled", "bf16_graphs": "graphs"}
         on = set(ORDER[1 : ORDER.index("fused_adam") + 1]) | {"bf16"} | {extra[v] for v in GPU_ORDER[1 : GPU_ORDER.index(variant) + 1]}
@@ -84,8 +93,9 @@ def make_step(variant: str, device: str):
     if "channels_last" in on:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     fused = "fused_adam" in on or None
-    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused)
-    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused)
+    capturable = "step_graph" in on
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused, capturable=capturable)
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused, capturable=capturable)
     g_fwd, d_fwd = G, D
     if "compiled" in on or "graphs" in on:
         mode = "reduce-overhead" if "graphs" in on else None
@@ -94,7 +104,8 @@ def make_step(variant: str, device: str):
     if "channels_last" in on:
         real = real.contiguous(memory_format=torch.channels_last)
     ones, zeros = torch.ones(BATCH, device=device), torch.zeros(BATCH, device=device)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled="bf16" in on)
+    # Graph capture needs autocast's cache of cast weights off: a cached cast would be replayed stale.
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled="bf16" in on, cache_enabled=not capturable)
     thresholds = host_memory.REUSE if "reuse_memory" in on else host_memory.GLIBC_STEADY_STATE
 
     def step() -> None:
@@ -120,7 +131,23 @@ def make_step(variant: str, device: str):
         opt_g.step()
         D.requires_grad_(True)
 
-    return step
+    return capture_whole_step(step) if "step_graph" in on else step
+
+
+def capture_whole_step(step):
+    """Record ``step`` once as a CUDA graph and return a function that replays it.
+    Warm-up runs on a side stream first, as torch.cuda.graphs asks, so that
+    cuDNN and the allocator have settled before the capture."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def sync(device: str) -> None:
@@ -142,7 +169,7 @@ def measure(variants: list[str], device: str, steps: int, rounds: int, args_warm
                 steppers[variant]()
             sync(device)
             results[variant] = {"warmup_s": round(time.perf_counter() - before, 2), "rates": []}
-            if not features(variant) & {"compiled", "graphs"}:  # the counter sees eager ops only
+            if not features(variant) & {"compiled", "graphs", "step_graph"}:  # the counter sees eager ops only
                 results[variant]["gflop_per_step"] = round(count_flops(steppers[variant]) / 1e9, 1)
         except Exception as exc:  # e.g. no C++ compiler for torch.compile
             results[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
