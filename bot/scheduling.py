@@ -35,7 +35,7 @@ from __future__ import annotations
 import random
 import statistics
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Iterable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -139,7 +139,11 @@ def _latest_fire(trigger: CronTrigger, start: datetime, end: datetime) -> dateti
         if fire is None or fire > end:
             return latest
         latest = fire
-        cursor = fire + timedelta(microseconds=1)
+        # Step on in UTC: the trigger answers in the configured zone, and adding
+        # a timedelta to the second occurrence of a repeated wall time (fold=1,
+        # the night clocks go back) drops the fold and lands an hour earlier,
+        # so the same fire time came back forever and the post job hung.
+        cursor = fire.astimezone(timezone.utc) + timedelta(microseconds=1)
 
 
 def previous_slot(trigger: CronTrigger, now: datetime, *, lookback: timedelta) -> datetime | None:
