@@ -144,6 +144,7 @@ def _plan_new(
     publisher_name = resolve_publisher_name(settings, dry_run=dry_run, name=publisher_name)
     chosen_publisher = get_publisher(publisher_name, settings)
     chosen_publisher.check()
+    check_poster_settings(settings)
     seed = secrets.randbelow(2**31) if seed is None else seed
     if seed < 0 or seed >= 2**63:
         raise BadInput(f"--seed {seed} is out of range; allowed: 0 <= seed < 2**63")
@@ -197,6 +198,30 @@ def _check_caption(settings: Settings, topic: Topic, generator_name: str) -> str
     return caption
 
 
+def check_poster_settings(settings: Settings) -> None:
+    """Raise :class:`BadInput` for a ``[posters]`` setting or ``account.url``
+    the render step would refuse. Checked while planning: found only at the
+    render step, a typo cost a whole generation (up to 40 minutes on a CPU)
+    and left a post behind, although bad input must change nothing."""
+    from bot.posters import PosterOptions  # reportlab is imported only by the commands that draw
+    from bot.posters import qr
+    from bot.posters.render import check_options
+
+    posters = settings.posters
+    try:
+        check_options(
+            PosterOptions(
+                size=posters.size, bleed_mm=posters.bleed_mm, dpi=posters.dpi, layout=posters.layout, mark=posters.mark
+            )
+        )
+    except BadInput as exc:
+        raise BadInput(f"[posters] setting: {exc}") from None
+    try:
+        qr.encode(settings.account.url)
+    except BadInput as exc:
+        raise BadInput(f"account.url: {exc}") from None
+
+
 def _plan_for(settings: Settings, topics: dict[str, Topic], post: dict[str, Any], progress: ProgressCallback | None) -> Plan:
     """Rebuild the plan of a post being resumed from its record."""
     if post["topic"] not in topics:
@@ -210,6 +235,8 @@ def _plan_for(settings: Settings, topics: dict[str, Topic], post: dict[str, Any]
     request.model = post.get("model", request.model)
     if post["status"] == "planned":  # the image is still to be made
         chosen.check(request)
+    if post["status"] in ("planned", "generated"):  # the poster is still to be drawn
+        check_poster_settings(settings)
     chosen_publisher = get_publisher(post["publisher"], settings)
     chosen_publisher.check()
     return Plan(topic, post["generator"], chosen, request, post["publisher"], chosen_publisher)
