@@ -287,8 +287,22 @@ def _step(settings: Settings, store: Store, post: dict[str, Any], name: str, wor
 
 def _generate(settings: Settings, store: Store, post: dict[str, Any], plan: Plan) -> dict[str, Any]:
     folder = archive.archive_dir(settings.paths.state, post["id"])
-    if post["status"] != "planned" and (folder / archive.FILES["original"]).is_file():
+    original = folder / archive.FILES["original"]
+    if post["status"] != "planned" and original.is_file():
         return post
+    if original.is_file():
+        # A crash (kill -9, power loss) between saving the image and recording
+        # "generated": original.png is written last and atomically, so it is
+        # the finished image. Generating again would cost the whole generation
+        # and overwrite the image (not always identical on a GPU).
+        try:
+            _, report = archive.load_generation(folder)
+        except (OSError, ValueError) as exc:  # unreadable after all: make it again
+            log.warning("post %s: cannot reuse the saved image (%s); generating again", post["id"], exc)
+        else:
+            log.info("post %s: reusing the image a crashed run saved in %s", post["id"], folder)
+            artefacts = {"original": archive.relative(settings.paths.state, original)}
+            return store.update_post(post["id"], status="generated", artefacts=artefacts, seed=report["seed"], error=None)
     started = time.perf_counter()
     result = plan.generator.generate(plan.request)
     report = archive.save_generation(folder, result)

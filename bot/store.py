@@ -94,7 +94,16 @@ class AtomicJSONStorage(Storage):
         return data
 
     def write(self, data: dict[str, Any]) -> None:
-        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False))
+        # A full disk or a permission change must reach a person as a message
+        # (StoreError, exit 1), not as a traceback; the write is atomic, so the
+        # file on disk still holds the last complete state.
+        try:
+            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False))
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write the store {self.path}: {exc.strerror or exc}; it still holds the last "
+                "complete state. Free some space (or fix the folder's permissions) and run again."
+            ) from exc
 
     def close(self) -> None:  # nothing is held open between calls
         pass

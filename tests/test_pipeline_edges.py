@@ -1,0 +1,97 @@
+"""The pipeline's promises at the edges -- a bad setting changes
+nothing, a full disk is explained, a crash right after the image was saved
+does not throw the image away."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+import bot.store as store_module
+from bot.cli import main
+from bot.store import Store
+
+# The fake generator and publisher of the pipeline tests, and their fixtures
+# (`_reset_fakes` is autouse, so it must be imported into this module).
+from test_pipeline import (  # noqa: F401
+    PatternGenerator,
+    _reset_fakes,
+    assert_nothing_changed,
+    outbox_entries,
+    records,
+    run_bot,
+    templates,
+)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("BOT_POSTERS_SIZE", "A33", "A33"),
+        ("BOT_POSTERS_LAYOUT", "artwork-qrr", "artwork-qrr"),
+        ("BOT_POSTERS_BLEED_MM", "-3", "bleed"),
+        ("BOT_ACCOUNT_URL", "", "url"),
+    ],
+)
+def test_bad_poster_setting_is_refused_before_generating(
+    state_dir: Path, templates: Path, capsys, monkeypatch, variable: str, value: str, named: str
+) -> None:
+    """A typo in [posters] used to surface only at the render step, after the
+    image was generated (up to 40 minutes on a CPU) and a post record created,
+    while the exit code 2 said 'nothing was changed'."""
+    monkeypatch.setenv(variable, value)
+    code, _, err = run_bot(capsys, "post", "--topic", "reef")
+    assert code == 2 and named in err, err
+    assert PatternGenerator.calls == []
+    assert_nothing_changed(state_dir)
+
+
+def test_full_disk_while_writing_the_store_is_explained(state_dir: Path, templates: Path, capsys, monkeypatch) -> None:
+    """ENOSPC on state/bot.json used to escape as a Python traceback."""
+    real = store_module.atomic_write_text
+
+    def full_disk(path: Path, text: str) -> None:
+        if Path(path).name == "bot.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, text)
+
+    monkeypatch.setattr(store_module, "atomic_write_text", full_disk)
+    code, _, err = run_bot(capsys, "post", "--topic", "reef")
+    assert code == 1
+    assert "bot.json" in err and "No space left on device" in err and "Traceback" not in err
+    assert records(state_dir) == []
+
+
+def test_crash_right_after_the_image_was_saved_reuses_it(state_dir: Path, templates: Path, capsys, monkeypatch) -> None:
+    """kill -9 between writing original.png and recording 'generated' used to
+    make the next run generate again, overwriting the first image."""
+    real = Store.update_post
+
+    def crash_once(self, post_id, **changes):
+        if changes.get("status") == "generated" and not crash_once.done:
+            crash_once.done = True
+            raise SystemExit("injected crash after the image was saved")
+        return real(self, post_id, **changes)
+
+    crash_once.done = False
+    monkeypatch.setattr(Store, "update_post", crash_once)
+    with pytest.raises(SystemExit, match="injected crash"):
+        main(["post", "--topic", "reef", "--seed", "11"])
+    capsys.readouterr()
+    [post] = records(state_dir)
+    assert post["status"] == "planned"
+    original = state_dir / "archive" / post["id"] / "original.png"
+    first_image = original.read_bytes()
+
+    code, out, err = run_bot(capsys, "post", "--json")
+    assert code == 0, err
+    assert json.loads(out)["post_id"] == post["id"]
+    assert PatternGenerator.calls == [11]  # generated once, not twice
+    assert original.read_bytes() == first_image
+    [post] = records(state_dir)
+    assert post["status"] == "published" and post["seed"] == 11
+    assert [h["status"] for h in post["history"]][:2] == ["planned", "generated"]
+    assert len(outbox_entries(state_dir)) == 1
