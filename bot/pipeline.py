@@ -396,7 +396,19 @@ def _publish(settings: Settings, store: Store, post: dict[str, Any], plan: Plan)
         try:
             found = publisher.find(_submission(settings, post, post["attempts"][-1]["id"]))
         except PublishError as exc:
-            store.update_post(post["id"], error={"step": "publish", "message": str(exc), "at": iso(utcnow())})
+            error = {"step": "publish", "message": str(exc), "at": iso(utcnow())}
+            # Slow-down and challenge answers to this check get the same status
+            # as on a send: otherwise the post stayed "publishing" and the next
+            # run (the daemon's, seconds later) asked Instagram again at once.
+            # Both statuses keep the post unfinished, and resuming it always
+            # checks again before anything is sent.
+            if isinstance(exc, PublishCoolDown):
+                retry_after = iso(utcnow() + timedelta(seconds=exc.seconds))
+                store.update_post(post["id"], status="cooling_down", retry_after=retry_after, error={**error, "kind": "cooldown"})
+            elif isinstance(exc, PublishPaused):
+                store.update_post(post["id"], status="paused", error={**error, "kind": "paused"})
+            else:
+                store.update_post(post["id"], error=error)
             raise BotError(
                 f"post {post['id']}: cannot tell whether an earlier attempt was published ({exc}); "
                 "nothing was sent again. Run `bot post` later to check and finish."

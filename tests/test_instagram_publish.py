@@ -154,7 +154,8 @@ def test_unreadable_feed_is_unknown_not_safe_to_post(fake, tmp_path):
     fake.fail("/api/v1/feed/user/", "429")
     code, out, err = run_cli("post")
     assert code == 1
-    assert the_post(tmp_path)["status"] == "publishing"
+    # unknown, so nothing is sent; the 429 cools the post down (it checks again after that)
+    assert the_post(tmp_path)["status"] == "cooling_down"
     assert len(fake.calls("/api/v1/media/configure/")) == 1
     assert len(fake.medias) == 1
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -54,7 +53,7 @@ from requests.adapters import BaseAdapter
 from bot.config import InstagramSettings, Settings
 from bot.errors import BadInput, PublishCoolDown, PublishError, PublishPaused
 from bot.publish.base import Publication, Submission, register_publisher
-from bot.store import atomic_write_text, iso, utcnow
+from bot.store import atomic_write_bytes, iso, utcnow
 
 log = logging.getLogger("bot.publish.instagram")
 CLIENT_LOGGER = "bot.instagram.client"
@@ -283,8 +282,10 @@ def session_path(settings: Settings) -> Path:
 def save_session(client: Any, path: Path) -> None:
     """``dump_settings``, but atomic and readable by this user only (0600):
     the file holds the session cookie, which is as good as the password."""
-    atomic_write_text(path, json.dumps(client.get_settings(), indent=1, default=str))
-    os.chmod(path, 0o600)
+    # The mode is set on the temp file before it is renamed into place: a
+    # chmod after the rename left a window (and, after a crash there, a file)
+    # readable by every user of the machine.
+    atomic_write_bytes(path, json.dumps(client.get_settings(), indent=1, default=str).encode("utf-8"), mode=0o600)
 
 
 def load_session(client: Any, path: Path) -> bool:
