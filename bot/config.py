@@ -12,6 +12,7 @@ validates them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -232,7 +233,15 @@ def _coerce(value: Any, default: Any, name: str, origin: str) -> Any:
                 return False
             raise ValueError
         if isinstance(default, (int, float)):
+            # int(2.5) == 2 and int(True) == 1 would silently change what the
+            # person wrote; inf and nan pass every range check downstream.
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+                raise ValueError
             number = type(default)(value)
+            if not math.isfinite(number):
+                raise ValueError
             return number
         if isinstance(default, list):
             items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
@@ -243,7 +252,7 @@ def _coerce(value: Any, default: Any, name: str, origin: str) -> Any:
         if isinstance(value, (dict, list)):
             raise ValueError
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = type(default).__name__
         raise ConfigError(f"{origin}: {name} = {value!r} is not a valid {kind}") from None
 
