@@ -11,6 +11,7 @@ earlier when :class:`StopRule` finds the curve has flattened.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
@@ -70,7 +71,8 @@ class RunSettings:
     # and iterations = that step reproduces the image.
     time_budget_s: float = 0.0
     # Speed switches (see docs/vqgan_clip.md): "fast" = batched cutouts and
-    # channels-last; "precision" "auto" = bf16 autocast on CUDA, fp32 elsewhere;
+    # channels-last, and on a CPU folded upsampling and a batch-first CLIP
+    # tower (same maths); "precision" "auto" = bf16 autocast on CUDA, fp32 elsewhere;
     # "compile" "auto" = torch.compile on CUDA only.
     fast: bool = True
     precision: str = "auto"
@@ -124,12 +126,12 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 
 
 def memory_format_for(settings: RunSettings, device: torch.device) -> torch.memory_format:
-    """Channels-last on CUDA only: cuDNN's convolutions prefer it, but on a CPU
-    (oneDNN, AVX2) it made the VQGAN decoder's forward+backward ~1.4x slower
-    (13.2 s vs 9.2 s at 256 px on the 2-core build machine)."""
-    if settings.fast and device.type == "cuda":
-        return torch.channels_last
-    return torch.contiguous_format
+    """Channels-last in fast mode: cuDNN's and oneDNN's convolutions prefer it.
+    On the 2-core build machine (torch 2.14) the decoder's forward+backward at
+    256 px took 3.9 s in NCHW and 3.4 s channels-last, with folded upsampling
+    both times. An earlier measurement of the whole step had found
+    channels-last 1.4x slower on this CPU; re-measure after a torch upgrade."""
+    return torch.channels_last if settings.fast else torch.contiguous_format
 
 
 @contextlib.contextmanager
@@ -188,15 +190,18 @@ def prepare_models(vqgan: VQGAN, perceptor: Perceptor, settings: RunSettings, de
     """Move models to ``device`` in the layout the fast path wants; return the
     (possibly compiled) decode and image-embedding callables. The backend
     flags are :func:`backend_flags`'s business, around the whole run."""
-    if device.type != "cuda" and settings.fast:
+    cpu_fast = device.type != "cuda" and settings.fast
+    if cpu_fast:
         reuse_freed_memory()  # a 256-px decode frees and re-maps hundreds of MiB a step otherwise
     vqgan.to(device=device, memory_format=memory_format_for(settings, device))
+    # Same maths, fewer or larger matrix products; measured on a CPU only so far (docs/vqgan_clip.md).
+    vqgan.fold_upsampling(cpu_fast)
     decode: Callable[[torch.Tensor], torch.Tensor] = vqgan.decode
-    embed: Callable[[torch.Tensor], torch.Tensor] = perceptor.embed_images
+    embed: Callable[[torch.Tensor], torch.Tensor] = functools.partial(perceptor.embed_images, batch_first=cpu_fast)
     use_compile = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
     if settings.fast and use_compile:
         decode = torch.compile(vqgan.decode, dynamic=False)
-        embed = torch.compile(perceptor.embed_images, dynamic=False)
+        embed = torch.compile(embed, dynamic=False)
     return decode, embed
 
 

@@ -149,13 +149,50 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
+# For each tap of a 4-tap, stride-2 transposed kernel: the taps of a 3-tap kernel
+# that land on the same input pixel once the input is upsampled 2x (nearest).
+_FOLDED_TAPS = ([2], [1, 2], [0, 1], [0])
+
+
+def fold_upsample_conv(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 convolution (padding 1) applied after 2x nearest upsampling, as the
+    weight of one 4x4, stride-2, padding-1 transposed convolution on the small
+    input: the same linear map (up to float rounding), with 2.25x fewer
+    multiply-adds, because each upsampled pixel repeats an input pixel and the
+    taps that read the same pixel are summed once instead of multiplied twice
+    (the subpixel view of upsampling: Shi et al. 2016, Odena et al. 2016).
+    ``weight`` (out, in, 3, 3) -> (in, out, 4, 4). Differentiable."""
+    rows = torch.stack([weight[:, :, taps].sum(2) for taps in _FOLDED_TAPS], 2)
+    return torch.stack([rows[:, :, :, taps].sum(3) for taps in _FOLDED_TAPS], 3).transpose(0, 1)
+
+
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+        # Set by VQGAN.fold_upsampling: same maths, fewer multiply-adds (fold_upsample_conv).
+        self.folded = False
+        self._fold_cache: tuple[tuple, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folded:
+            return F.conv_transpose2d(x, self._folded_kernel(), self.conv.bias, stride=2, padding=1)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+    def _folded_kernel(self) -> torch.Tensor:
+        """The folded weight, in the model's memory layout. Kept while the
+        weight is frozen and unchanged: folding the 512-channel kernel takes
+        ~60 ms on a CPU, about 1.5 % of a step, for the same result every step."""
+        weight = self.conv.weight
+        channels_last = weight.is_contiguous(memory_format=torch.channels_last)
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, channels_last)
+        if self._fold_cache is not None and self._fold_cache[0] == key and not weight.requires_grad:
+            return self._fold_cache[1]
+        kernel = fold_upsample_conv(weight)
+        if channels_last:
+            kernel = kernel.contiguous(memory_format=torch.channels_last)
+        self._fold_cache = None if weight.requires_grad else (key, kernel)
+        return kernel
 
 
 class Downsample(nn.Module):
@@ -353,6 +390,14 @@ class VQGAN(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(image))
+
+    def fold_upsampling(self, on: bool = True) -> None:
+        """Run the decoder's upsampling blocks as folded transposed convolutions
+        (:func:`fold_upsample_conv`) or, with ``on=False``, as taming writes them.
+        The weights and the state dict are the same either way."""
+        for module in self.decoder.modules():
+            if isinstance(module, Upsample):
+                module.folded = on
 
     @classmethod
     def from_checkpoint(cls, ckpt_path: str | Path, config_path: str | Path, *,
