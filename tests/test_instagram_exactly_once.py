@@ -100,6 +100,42 @@ def test_same_caption_from_before_the_post_was_planned_is_not_this_post(fake, tm
     assert publisher.find(submission) is None
 
 
+def test_find_pages_back_past_posts_made_by_hand_since_the_attempt(fake, tmp_path):
+    """`find` used to read only the latest 18 media: a landed attempt followed
+    by more posts made by hand was missed, and the post would be sent twice."""
+    publisher = _publisher(fake, tmp_path)
+    submission = _submission(tmp_path, "attempt-1")
+    from bot.publish.instagram import upload_id_for
+
+    landed = fake.add_media(submission.caption, upload_id_for("attempt-1"))
+    for n in range(25):
+        fake.add_media(f"posted by hand {n}")
+    found = publisher.find(submission)
+    assert found is not None and found.media_id == landed["id"]
+    assert len(fake.calls("/api/v1/feed/user/")) == 2
+
+
+def test_find_stops_paging_at_media_older_than_the_post(fake, tmp_path):
+    publisher = _publisher(fake, tmp_path)
+    for n in range(40):  # all from 2017, long before the post was planned
+        fake.add_media(f"an old post {n}", taken_at=1_500_000_000 + n)
+    assert publisher.find(_submission(tmp_path, "attempt-1")) is None
+    assert len(fake.calls("/api/v1/feed/user/")) == 1
+
+
+def test_find_that_reaches_its_page_limit_says_unknown(fake, tmp_path, monkeypatch):
+    from bot.publish import instagram
+
+    monkeypatch.setattr(instagram, "FEED_PAGES", 2)
+    publisher = _publisher(fake, tmp_path)
+    for n in range(40):
+        fake.add_media(f"posted by hand {n}")
+    with pytest.raises(PublishError, match="pages") as info:
+        publisher.find(_submission(tmp_path, "attempt-1"))
+    assert info.value.outcome_unknown
+    assert len(fake.calls("/api/v1/feed/user/")) == 2
+
+
 @pytest.mark.parametrize("refusal", ["429", "500", "drop"])
 def test_find_that_cannot_look_says_unknown(fake, tmp_path, refusal):
     publisher = _publisher(fake, tmp_path)

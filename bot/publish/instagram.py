@@ -14,8 +14,9 @@ takes over every decision instagrapi would otherwise make on its own:
   :meth:`BotClient.apply_bot_settings` runs again after every load.
 * **"Not found" must mean "looked and it is not there".** ``user_medias_v1``
   returns ``[]`` when throttled; :meth:`InstagramPublisher.find` reads the
-  account feed itself and raises ``PublishError(outcome_unknown=True)`` when it
-  cannot look.
+  account feed itself, page after page (``max_id``/``next_max_id``) back to
+  when the post was planned, and raises ``PublishError(outcome_unknown=True)``
+  when it cannot look or would have to read more than ``FEED_PAGES`` pages.
 * **Every host can be redirected.** ``instagram.api_host`` (host:port) sends
   every request of every session the client has (private API, the Bloks login
   host ``b.i.instagram.com`` frozen in default arguments, the password
@@ -64,8 +65,11 @@ IMAGE_SIZE = (1080, 1350)
 # Connect and read timeouts for every request: instagrapi sends its private
 # requests without one, which would let a dead connection hang the daemon.
 REQUEST_TIMEOUT = (10.0, 60.0)
-# How many of the account's latest media `find` reads.
-RECENT_MEDIA = 18
+# `find` reads the account's feed a page at a time (18 media a page, as the app
+# asks) back to the post's start, but at most FEED_PAGES pages: a person who
+# posted more than that by hand since then gets "cannot tell", never "not there".
+FEED_PAGE_SIZE = 18
+FEED_PAGES = 10
 # A media taken this long before its post was planned cannot belong to it
 # (clock skew between us and Instagram).
 CLOCK_SLACK = timedelta(minutes=10)
@@ -493,30 +497,52 @@ class InstagramPublisher:
 
     # 2. did it land? --------------------------------------------------------------
 
-    def recent_media(self) -> list[dict[str, Any]]:
-        """The account's latest media, read from its feed. Raises when the feed
-        cannot be read: unlike ``user_medias_v1`` (which returns ``[]`` when
-        throttled), an empty answer here means the feed really is empty."""
+    def recent_media(self, not_before: datetime | None) -> list[dict[str, Any]]:
+        """The account's media taken since ``not_before`` (and perhaps a few
+        older), newest first, read from its feed page by page; every page when
+        ``not_before`` is None. A post may have landed before any number of
+        posts made by hand, so one page is not enough.
 
-        def read(client: Any) -> list[dict[str, Any]]:
+        Raises ``PublishError(outcome_unknown=True)`` when the feed cannot be
+        read, or when ``FEED_PAGES`` pages did not reach ``not_before``: unlike
+        ``user_medias_v1`` (which returns ``[]`` when throttled), what this
+        returns is everything there is to see."""
+        media: list[dict[str, Any]] = []
+        max_id = ""
+
+        def read(client: Any) -> dict[str, Any]:
             answer = client.private_request(
                 f"feed/user/{client.user_id}/",
-                params={"count": RECENT_MEDIA, "rank_token": client.rank_token, "ranked_content": "true"},
+                params={"count": FEED_PAGE_SIZE, "max_id": max_id, "rank_token": client.rank_token,
+                        "ranked_content": "true"},
             )
             if not isinstance(answer, dict) or not isinstance(answer.get("items"), list):
                 raise PublishError("Instagram's feed answer has no items list", outcome_unknown=True)
-            return answer["items"]
+            return answer
 
-        return self._call("reading the account's recent media", read)
+        for _ in range(FEED_PAGES):
+            answer = self._call("reading the account's recent media", read)
+            page, max_id = answer["items"], str(answer.get("next_max_id") or "")
+            media.extend(page)
+            oldest = page[-1].get("taken_at") if page else None
+            if not (page and answer.get("more_available") and max_id):
+                return media
+            if not_before is not None and oldest and datetime.fromtimestamp(int(oldest), timezone.utc) < not_before:
+                return media
+        raise PublishError(
+            f"read {FEED_PAGES} pages ({len(media)} media) of the account's feed without reaching "
+            f"{iso(not_before) if not_before else 'its end'}; cannot tell whether the post landed",
+            outcome_unknown=True,
+        )
 
     def find(self, submission: Submission) -> Publication | None:
         upload_ids = {upload_id_for(a) for a in [submission.attempt_id, *submission.previous_attempt_ids]}
+        not_before = _planned_at(submission)
         try:
-            items = self.recent_media()
+            items = self.recent_media(not_before - CLOCK_SLACK if not_before else None)
         except PublishError as exc:
             exc.outcome_unknown = True
             raise
-        not_before = _planned_at(submission)
         found = sorted(
             (i for i in items if _matches(i, submission, upload_ids, not_before)),
             key=lambda i: (int(i.get("taken_at") or 0), str(i.get("pk"))),

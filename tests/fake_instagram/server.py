@@ -17,7 +17,8 @@ Served (paths as instagrapi sends them):
   The password is decrypted with the key handed out and checked.
 * account: ``GET /api/v1/accounts/current_user/`` (the session check).
 * publishing: ``POST /rupload_igphoto/<name>``, ``POST /api/v1/media/configure/``.
-* reading: ``GET /api/v1/feed/user/<id>/``, ``GET /api/v1/media/<pk>/info/``,
+* reading: ``GET /api/v1/feed/user/<id>/`` (paged: ``max_id`` in,
+  ``next_max_id`` and ``more_available`` out), ``GET /api/v1/media/<pk>/info/``,
   ``POST /api/v1/ads/graphql/`` (media insights, business accounts only).
 
 Refusals (:meth:`FakeInstagram.fail`): ``429``, ``please_wait``,
@@ -50,6 +51,7 @@ from .certs import TLSFiles, make_password_key, make_tls_files
 
 USER_ID = 4242424242
 PASSWORD_KEY_ID = 41
+FEED_PAGE = 18  # the most items one feed page holds
 REFUSALS = ("429", "please_wait", "feedback_required", "challenge_required", "login_required", "500",
             "drop", "drop_after", "hang_after")
 _IG_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -342,9 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, {"media": media, "upload_id": upload_id, "status": "ok"}, {}
         match = re.fullmatch(r"/api/v1/feed/user/(\d+)/", path)
         if match:
-            with fake.lock:
-                items = list(reversed(fake.medias))
-            return 200, {"items": items, "num_results": len(items), "more_available": False, "status": "ok"}, {}
+            return 200, self._feed_page(parse_qs(urlsplit(self.path).query)), {}
         match = re.fullmatch(r"/api/v1/media/(\d+)/info/", path)
         if match:
             with fake.lock:
@@ -364,6 +364,23 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, {"data": {"instagram_post_by_igid": node}, "status": "ok"}, {}
         # The app's warm-up calls after login (reels tray, timeline, ...).
         return 200, ok, {}
+
+    def _feed_page(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """One page of the account's feed, newest first, as Instagram pages it:
+        at most ``FEED_PAGE`` items whatever ``count`` asks, and a
+        ``next_max_id`` (the last item's id) to pass as ``max_id`` for the next."""
+        with self.fake.lock:
+            items = list(reversed(self.fake.medias))
+        max_id = (query.get("max_id") or [""])[0]
+        if max_id:
+            ids = [m["id"] for m in items]
+            items = items[ids.index(max_id) + 1:] if max_id in ids else []
+        count = int((query.get("count") or [FEED_PAGE])[0] or FEED_PAGE)
+        page, more = items[:min(count, FEED_PAGE)], len(items) > min(count, FEED_PAGE)
+        answer = {"items": page, "num_results": len(page), "more_available": more, "status": "ok"}
+        if more:
+            answer["next_max_id"] = page[-1]["id"]
+        return answer
 
     def _login(self, record: Recorded) -> tuple[int, Any, dict[str, str]]:
         fake = self.fake
