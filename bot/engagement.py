@@ -10,7 +10,12 @@ later slot; a bot that was down for a while takes one snapshot for the latest
 slot that passed rather than a burst of stale ones.
 
 Snapshots are appended with ``store.append_to_post(post_id, "engagement", ...)``
-and never overwritten. Counts come from the private ``media/<pk>/info/``
+and never overwritten. A post whose media Instagram says does not exist (deleted
+in the app) gets ``media_gone_at`` (when that was found) and
+``media_gone_reason``, and is never asked about again: otherwise it would stay
+due forever and be requested on every run, for months. A network error or a 5xx
+is not "gone"; that post is simply tried on the next run. Counts come from the
+private ``media/<pk>/info/``
 endpoint (``media_info_v1``: never cached, and unlike ``media_info`` it does
 not fall back to the public web API on an error); business and creator
 accounts also get the raw ``insights_media`` answer.
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Settings
-from bot.errors import PublishCoolDown, PublishError, PublishPaused
+from bot.errors import MediaGone, PublishCoolDown, PublishError, PublishPaused
 from bot.store import Store, iso, parse_iso, utcnow
 
 log = logging.getLogger("bot.engagement")
@@ -35,9 +40,10 @@ log = logging.getLogger("bot.engagement")
 
 
 def due_slot(post: dict[str, Any], schedule_hours: list[float], now: datetime) -> float | None:
-    """The slot (hours after publication) a snapshot is due for, or None."""
+    """The slot (hours after publication) a snapshot is due for, or None (also
+    for a post whose media is gone: asking again would only risk throttling)."""
     published = _published_at(post)
-    if published is None:
+    if published is None or post.get("media_gone_at"):
         return None
     passed = [h for h in sorted(schedule_hours) if published + timedelta(hours=h) <= now]
     if not passed:
@@ -64,8 +70,12 @@ def _published_at(post: dict[str, Any]) -> datetime | None:
 def collect_engagement(settings: Settings, store: Store, *, now: datetime | None = None) -> list[dict[str, Any]]:
     """Take the snapshots that are due; returns them (each with its ``post_id``).
 
-    Stops early, keeping what it took, when Instagram asks to slow down or a
-    person must log in again; a post whose media is gone is skipped.
+    Every snapshot is stored as soon as it is taken, so stopping early loses
+    none. When Instagram asks to slow down, it stops and returns what it took
+    (the next run carries on). When the login is refused or a challenge needs a
+    person, it raises :class:`PublishPaused` saying so and that `bot login`
+    fixes it: a run that could read nothing must not look like a quiet success.
+    A post whose media is gone is recorded as gone (see the module docstring).
     """
     # 1. which posts are due (no network when none is)
     moment = now or utcnow()
@@ -84,13 +94,20 @@ def collect_engagement(settings: Settings, store: Store, *, now: datetime | None
         business = bool(getattr(publisher.account, "is_business", False))
         # 3. one snapshot per due post, appended
         for post, slot in due:
-            snapshot = _snapshot(publisher, client, post, slot, business, moment)
+            try:
+                snapshot = _snapshot(publisher, client, post, slot, business, moment)
+            except MediaGone as exc:
+                store.update_post(post["id"], media_gone_at=iso(moment), media_gone_reason=str(exc))
+                log.warning("engagement: post %s is gone from Instagram (%s); not asked about again", post["id"], exc)
+                continue
             if snapshot is None:
                 continue
             store.append_to_post(post["id"], "engagement", snapshot)
             taken.append({"post_id": post["id"], **snapshot})
-    except (PublishCoolDown, PublishPaused) as exc:
+    except PublishCoolDown as exc:
         log.warning("engagement: stopped after %d snapshot(s): %s", len(taken), exc)
+    except PublishPaused as exc:
+        raise PublishPaused(f"engagement collection stopped after {len(taken)} snapshot(s), which are kept: {exc}") from None
     log.info("engagement: %d snapshot(s) taken, %d post(s) were due", len(taken), len(due))
     return taken
 
@@ -106,7 +123,7 @@ def _snapshot(publisher: Any, client: Any, post: dict[str, Any], slot: float, bu
     try:
         media = publisher._call("reading media counts", lambda c: c.media_info_v1(pk))
     except PublishError as exc:
-        if isinstance(exc, (PublishCoolDown, PublishPaused)):
+        if isinstance(exc, (PublishCoolDown, PublishPaused, MediaGone)):
             raise
         log.warning("engagement: post %s (media %s): %s; skipped", post["id"], media_id, exc)
         return None
@@ -144,29 +161,35 @@ def _growth(first: dict[str, Any], last: dict[str, Any], key: str) -> int | None
 
 
 def engagement_summary(store: Store) -> dict[str, Any]:
-    """Latest counts and growth (latest minus first snapshot) per post and per topic."""
+    """Latest counts and growth (latest minus first snapshot) per post and per
+    topic. A post found gone from Instagram is listed with its ``gone_at`` even
+    without a snapshot, so a person sees why it has no (new) numbers."""
     posts: list[dict[str, Any]] = []
     topics: dict[str, dict[str, Any]] = defaultdict(lambda: {"posts": 0, "likes": 0, "comments": 0, "views": 0,
                                                              "likes_growth": 0, "comments_growth": 0, "snapshots": 0})
     for post in store.posts(status="published"):
         snapshots = sorted(post.get("engagement") or [], key=lambda s: s["taken_at"])
-        if not snapshots:
+        gone_at = post.get("media_gone_at")
+        if not snapshots and not gone_at:
             continue
-        first, last = snapshots[0], snapshots[-1]
+        first, last = (snapshots[0], snapshots[-1]) if snapshots else ({}, {})
         row = {
             "post_id": post["id"],
             "topic": post["topic"],
-            "media_id": last.get("media_id"),
+            "media_id": last.get("media_id") or (post.get("publication") or {}).get("media_id"),
             "url": (post.get("publication") or {}).get("url"),
             "snapshots": len(snapshots),
-            "last_taken_at": last["taken_at"],
+            "last_taken_at": last.get("taken_at"),
             "likes": last.get("likes"),
             "comments": last.get("comments"),
             "views": last.get("views"),
             "likes_growth": _growth(first, last, "likes"),
             "comments_growth": _growth(first, last, "comments"),
+            "gone_at": gone_at,
         }
         posts.append(row)
+        if not snapshots:
+            continue
         topic = topics[post["topic"]]
         topic["posts"] += 1
         topic["snapshots"] += len(snapshots)

@@ -72,3 +72,11 @@ class PublishPaused(PublishError):
 
     def __init__(self, message: str):
         super().__init__(message, retryable=False)
+
+
+class MediaGone(PublishError):
+    """Instagram says a post's media does not exist (deleted in the app or
+    removed): asking again cannot help, unlike a network error or a 5xx."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False)

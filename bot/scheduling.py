@@ -221,11 +221,13 @@ def engagement_score(post: Mapping[str, Any]) -> float | None:
 
 def topic_outcomes(posts: Iterable[Mapping[str, Any]]) -> tuple[dict[str, tuple[int, int]], float | None]:
     """Per topic (wins, losses): a published post wins when its engagement score
-    is above the median of all scored posts. Also returns that median."""
+    is above the median of all scored posts. Also returns that median. Posts
+    deleted on Instagram (``media_gone_at``) are left out: their numbers stop
+    at the deletion, and a person deleting a post says nothing about its topic."""
     scored = [
         (p["topic"], s)
         for p in posts
-        if p.get("status") == "published" and (s := engagement_score(p)) is not None
+        if p.get("status") == "published" and not p.get("media_gone_at") and (s := engagement_score(p)) is not None
     ]
     if not scored:
         return {}, None

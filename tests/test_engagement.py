@@ -14,6 +14,7 @@ from fake_instagram.harness import run_cli
 
 from bot.config import load_settings
 from bot.engagement import collect_engagement, due_slot, engagement_summary, plot_engagement
+from bot.errors import PublishPaused
 from bot.store import Store, iso, parse_iso
 
 
@@ -76,3 +77,45 @@ def test_throttled_collection_stops_and_keeps_the_post(fake, tmp_path):
     assert collect_engagement(settings, store, now=published + timedelta(hours=2)) == []
     assert store.posts()[0]["engagement"] == []
     assert [s["slot_hours"] for s in collect_engagement(settings, store, now=published + timedelta(hours=2))] == [1.0]
+
+
+def test_a_refused_login_stops_collection_and_says_to_run_bot_login(fake, tmp_path, monkeypatch):
+    """A bad login used to be logged as a warning: `bot engagement collect`
+    exited 0 having taken nothing, and nobody knew."""
+    assert run_cli("post", "--topic", "reef")[0] == 0
+    monkeypatch.setenv("BOT_INSTAGRAM_ENGAGEMENT_SCHEDULE_HOURS", "0")  # due at once
+    fake.expire_sessions()
+    fake.password = "changed in the app"
+    code, out, err = run_cli("engagement", "collect")
+    assert code == 1
+    assert "refused the login" in err and "bot login" in err
+
+
+def test_a_challenge_mid_run_keeps_the_snapshots_taken_and_fails(fake, tmp_path):
+    assert run_cli("post", "--topic", "reef")[0] == 0
+    assert run_cli("post", "--topic", "ice")[0] == 0
+    settings = load_settings()
+    store = Store(settings.paths.state)
+    first, second = store.posts()
+    fake.fail(f"/media/{second['publication']['extra']['media_pk']}/info/", "challenge_required")
+    published = parse_iso(second["publication"]["published_at"])
+    with pytest.raises(PublishPaused, match="bot login") as info:
+        collect_engagement(settings, store, now=published + timedelta(hours=2))
+    assert "1 snapshot" in str(info.value)
+    assert len(store.require_post(first["id"])["engagement"]) == 1  # kept
+    assert store.require_post(second["id"])["engagement"] == []
+
+
+def test_the_daemon_records_a_refused_login_as_a_failed_engagement_run(fake, tmp_path, monkeypatch):
+    from bot.daemon import Daemon
+
+    assert run_cli("post", "--topic", "reef")[0] == 0
+    fake.expire_sessions()
+    fake.password = "changed in the app"
+    monkeypatch.setenv("BOT_SCHEDULE_CRON", "0 0 1 1 *")
+    monkeypatch.setenv("BOT_INSTAGRAM_ENGAGEMENT_SCHEDULE_HOURS", "0")  # due at once
+    settings = load_settings()
+    daemon = Daemon(settings, Store(settings.paths.state))
+    daemon._engagement_job()
+    [run] = [r for r in daemon.store.rows("runs") if r["job"] == "engagement"]
+    assert run["outcome"] == "failed" and "bot login" in run["error"]

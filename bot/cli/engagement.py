@@ -20,6 +20,7 @@ from bot.engagement import collect_engagement, engagement_summary, plot_engageme
 def command(ctx: click.Context, app: AppContext, chart: Path | None, as_json: bool) -> None:
     """Latest likes, comments and views per post and per topic, with growth
     since the first snapshot, and a PNG chart of engagement over time per topic.
+    Posts deleted on Instagram are marked (and no longer read).
 
     \b
     Examples:
@@ -37,8 +38,10 @@ def command(ctx: click.Context, app: AppContext, chart: Path | None, as_json: bo
         return
     click.echo(f"{'post':<34} {'topic':<14} {'likes':>6} {'+':>5} {'comments':>8} {'+':>5} {'views':>6} {'snaps':>5}")
     for row in summary["posts"]:
-        click.echo(f"{row['post_id']:<34} {row['topic']:<14} {row['likes']:>6} {_n(row['likes_growth']):>5} "
-                   f"{row['comments']:>8} {_n(row['comments_growth']):>5} {_n(row['views']):>6} {row['snapshots']:>5}")
+        gone = f"  deleted on Instagram (found {row['gone_at']})" if row["gone_at"] else ""
+        click.echo(f"{row['post_id']:<34} {row['topic']:<14} {_n(row['likes']):>6} {_n(row['likes_growth']):>5} "
+                   f"{_n(row['comments']):>8} {_n(row['comments_growth']):>5} {_n(row['views']):>6} "
+                   f"{row['snapshots']:>5}{gone}")
     click.echo("")
     click.echo(f"{'topic':<14} {'posts':>5} {'likes':>6} {'+':>5} {'comments':>8} {'+':>5}")
     for slug, row in summary["topics"].items():
@@ -57,6 +60,8 @@ def _n(value: int | None) -> str:
 def collect(app: AppContext, as_json: bool) -> None:
     """Read the counts of every published post whose next slot has passed
     (instagram.engagement_schedule_hours after publication) and append them.
+    Exits 1, keeping the snapshots taken, when Instagram refuses the login or
+    wants a challenge solved: run `bot login`, then collect again.
 
     \b
     Examples:

@@ -33,7 +33,8 @@ few minutes", ``feedback_required`` and rate limits are a
 :class:`PublishCoolDown`; challenges, a login refused after one relogin and a
 suspended account are :class:`PublishPaused`; network errors and 5xx are a
 retryable :class:`PublishError` whose ``outcome_unknown`` says whether the
-configure call may have landed.
+configure call may have landed; a media Instagram says does not exist is
+:class:`MediaGone`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import requests
 from requests.adapters import BaseAdapter
 
 from bot.config import InstagramSettings, Settings
-from bot.errors import BadInput, PublishCoolDown, PublishError, PublishPaused
+from bot.errors import BadInput, MediaGone, PublishCoolDown, PublishError, PublishPaused
 from bot.publish.base import Publication, Submission, register_publisher
 from bot.store import atomic_write_bytes, iso, utcnow
 
@@ -334,6 +335,8 @@ def classify(exc: BaseException, settings: InstagramSettings, *, configure_sent:
     if isinstance(exc, (ig.LoginRequired, ig.ReloginAttemptExceeded, ig.BadPassword, ig.BadCredentials,
                         ig.ClientUnauthorizedError)):
         return PublishPaused(f"Instagram refused the login while {action} ({what}); {LOGIN_HINT}")
+    if isinstance(exc, (ig.MediaNotFound, ig.MediaUnavailable)):
+        return MediaGone(f"Instagram says the media does not exist while {action} ({what})")
     network = (ig.ClientConnectionError, ig.ClientIncompleteReadError, ig.ClientRequestTimeout,
                ig.ClientJSONDecodeError, requests.RequestException, OSError)
     if isinstance(exc, network) or (status is not None and status >= 500):
