@@ -29,7 +29,9 @@ the next start resumes that post, and the pipeline finishes it exactly once.
 
 Every job run is recorded in the ``runs`` table (job, outcome, duration, post
 id, error) and in ``state/heartbeat.json``, which the container's health check
-and ``bot status`` read. One failing job never stops the scheduler.
+and ``bot status`` read, also when the store fails around a post (claiming the
+slot, marking it done); when the store cannot take even the run's row, the log
+says what it would have held. One failing job never stops the scheduler.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot import scheduling
 from bot.config import Settings
-from bot.errors import BadInput, BotError, ConfigError
+from bot.errors import BadInput, ConfigError
 from bot.store import Store, atomic_write_text, exclusive, iso, parse_iso, utcnow
 
 log = logging.getLogger("bot.daemon")
@@ -265,7 +267,18 @@ class Daemon:
 
     def _catch_up(self, include_future_retries: bool = True) -> None:
         """At start-up: resume a slot a crash or shutdown left, re-arm retries,
-        and post the latest slot within the grace period if it has no row."""
+        and post the latest slot within the grace period if it has no row.
+        A store failure here is recorded like any job's, not left to APScheduler."""
+        started = time.monotonic()
+        try:
+            self._catch_up_slots(include_future_retries)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            self._last_failed = True
+            log.error("daemon: catching up on slots failed: %s; the next start tries again", message)
+            self._record_run("catch-up", started=started, outcome="failed", error=message)
+
+    def _catch_up_slots(self, include_future_retries: bool) -> None:
         now = utcnow()
         grace = timedelta(seconds=self.settings.schedule.grace_seconds)
         for row in sorted(self.store.rows("slots"), key=lambda r: r["slot"]):
@@ -292,32 +305,55 @@ class Daemon:
             self._post_slot(scheduling.slot_key(due, self.zone), reason="catch-up")
 
     def _post_slot(self, slot: str, *, reason: str) -> None:
-        """Claim ``slot`` and make its post; contain and record every failure."""
+        """Claim ``slot`` and make its post; contain and record every failure.
+
+        The store itself can fail around the post (a full disk, its lock held
+        for 30 s by another process): while claiming the slot, recording a
+        failure, or marking the slot done. That too ends in a run record (best
+        effort), never in an exception reaching APScheduler. Nothing is lost by
+        it: a slot left ``started`` is resumed on the next start, and the
+        pipeline never posts a post twice."""
         with self._post_lock:  # one post at a time in this process
             started = time.monotonic()
             if self._stop.is_set():
                 self._record_run("post", started=started, slot=slot, outcome="not-started", error=self._stop_reason)
                 return
-            row = self._claim(slot, reason)
-            if row is None:
-                return
-            post_id = None
             try:
-                post = self._make_post(slot, row)
-                post_id = post["id"]
-            except ShutdownRequested:
-                post_id = self._slot_post_id(slot, row)
-                self._update_slot(slot, status="interrupted", attempts=row["attempts"] - 1, post_id=post_id)
-                log.info("post %s: slot %s interrupted by shutdown; resumes on the next start", post_id, slot)
-                self._record_run("post", started=started, slot=slot, post_id=post_id, outcome="interrupted")
+                post = self._claim_and_post(slot, reason, started)
+            except Exception as exc:  # the store failed while claiming the slot or recording a failure
+                message = f"{type(exc).__name__}: {exc}"
+                self._last_failed = True
+                log.error("slot %s: the store failed around the post: %s; the slot resumes on the next start", slot, message)
+                self._record_run("post", started=started, slot=slot, outcome="failed", error=f"store failure: {message}")
                 return
-            except Exception as exc:  # contained: logged, recorded, retried or given up
-                self._after_failure(slot, row, exc, started)
+            if post is None:
                 return
-            self._update_slot(slot, status="done", post_id=post_id, finished_at=iso(utcnow()), error=None)
-            log.info("post %s: slot %s %s (topic %s)", post_id, slot, post["status"], post["topic"])
+            error = None
+            try:
+                self._update_slot(slot, status="done", post_id=post["id"], finished_at=iso(utcnow()), error=None)
+            except Exception as exc:  # the post is out; the next start finds it and marks the slot done
+                error = f"the slot could not be marked done ({type(exc).__name__}: {exc}); the next start does it"
+                log.error("post %s: slot %s: %s", post["id"], slot, error)
+            log.info("post %s: slot %s %s (topic %s)", post["id"], slot, post["status"], post["topic"])
             self._last_failed = False
-            self._record_run("post", started=started, slot=slot, post_id=post_id, outcome=post["status"])
+            self._record_run("post", started=started, slot=slot, post_id=post["id"], outcome=post["status"], error=error)
+
+    def _claim_and_post(self, slot: str, reason: str, started: float) -> dict[str, Any] | None:
+        """Claim the slot and make its post. Returns the post, or None when the
+        slot was not started or the post failed (recorded here)."""
+        row = self._claim(slot, reason)
+        if row is None:
+            return None
+        try:
+            return self._make_post(slot, row)
+        except ShutdownRequested:
+            post_id = self._slot_post_id(slot, row)
+            self._update_slot(slot, status="interrupted", attempts=row["attempts"] - 1, post_id=post_id)
+            log.info("post %s: slot %s interrupted by shutdown; resumes on the next start", post_id, slot)
+            self._record_run("post", started=started, slot=slot, post_id=post_id, outcome="interrupted")
+        except Exception as exc:  # contained: logged, recorded, retried or given up
+            self._after_failure(slot, row, exc, started)
+        return None
 
     def _claim(self, slot: str, reason: str) -> dict[str, Any] | None:
         """Record the slot before any work (a transaction: check, then write).
@@ -488,8 +524,9 @@ class Daemon:
         }
         try:
             self.store.insert("runs", row)
-        except BotError as exc:  # a broken store must not kill the job thread silently
-            log.error("daemon: cannot record the %s run: %s", job, exc)
+        except Exception as exc:  # a broken store must not kill the job thread silently
+            log.error("daemon: cannot record the %s run (outcome %s%s) in the store: %s: %s", job, outcome,
+                      f", error {error}" if error else "", type(exc).__name__, exc)
         summary = {k: row[k] for k in ("job", "outcome", "slot", "post_id", "finished_at")}
         changes: dict[str, Any] = {}
         if outcome != "not-started":  # a job that only saw the shutdown tells nothing new
