@@ -10,8 +10,9 @@ import logging
 import click
 
 from bot.cli.common import AppContext, emit_json, pass_app
-from bot.errors import BadInput, BotError
+from bot.errors import BadInput, BotError, Busy
 from bot.publish.instagram import _describe, load_session, make_client, save_session, session_path, totp_code
+from bot.store import exclusive
 
 log = logging.getLogger("bot.cli.login")
 
@@ -26,7 +27,9 @@ def command(app: AppContext, username: str | None, as_json: bool) -> None:
     Asks for what is missing: the password when BOT_INSTAGRAM_PASSWORD is not
     set, a two-factor code when no TOTP seed is configured, the code of a
     challenge Instagram sends by e-mail or SMS. Posts paused by a challenge go
-    back to `rendered`, so the next `bot post` (or the daemon) publishes them.
+    back to `rendered`, so the next `bot post` (or the daemon) publishes them;
+    while a post is being made (the post lock is held) they are left paused and
+    the command exits 1, saying so.
 
     \b
     Examples:
@@ -45,18 +48,31 @@ def command(app: AppContext, username: str | None, as_json: bool) -> None:
     _login(client, ig, relogin=relogin)
     account = client.account_info()
     save_session(client, path)
-    released = []
-    for post in app.store.posts(status="paused"):
-        app.store.update_post(post["id"], status="rendered", error=None)
-        released.append(post["id"])
+    if not as_json:
+        click.echo(f"Logged in as {account.username}; session saved to {path} (mode 0600).")
+    released = _release_paused_posts(app)
     result = {"username": account.username, "business": account.is_business, "session_file": str(path),
               "released_posts": released}
     if as_json:
         emit_json(result)
         return
-    click.echo(f"Logged in as {account.username}; session saved to {path} (mode 0600).")
     for post_id in released:
         click.echo(f"  post {post_id}: paused -> rendered; run `bot post` to publish it")
+
+
+def _release_paused_posts(app: AppContext) -> list[str]:
+    """Set paused posts back to ``rendered`` under the post lock the pipeline
+    holds, so a post the daemon (or a `bot post`) is working on is never
+    changed under it. Raises Busy, the session already saved, when it is held."""
+    try:
+        with exclusive(app.settings.paths.state, "post", "bot login"):
+            released = [post["id"] for post in app.store.posts(status="paused")]
+            for post_id in released:
+                app.store.update_post(post_id, status="rendered", error=None)
+    except Busy as exc:
+        raise Busy(f"{exc}. The login worked, but paused posts were not released; "
+                   "run `bot login` again when that has finished") from None
+    return released
 
 
 def _login(client, ig, *, relogin: bool) -> None:
