@@ -121,6 +121,17 @@ def test_top_ranks_by_the_latest_snapshot(archive, tmp_path, capsys):
     assert [p["post_id"] for p in report["pages"]] == ["p2-coral"]
 
 
+def test_posts_deleted_on_instagram_only_when_named(archive, tmp_path, capsys):
+    Store(archive).update_post("p2-coral", media_gone_at=iso(when(10)))
+    report = posters(capsys, tmp_path / "top.pdf", "--top", "2")
+    assert [p["post_id"] for p in report["pages"]] == ["p3-forest", "p1-coral"]  # p2 ranked first before
+    report = posters(capsys, tmp_path / "named.pdf", "--post", "p2-coral")
+    assert [p["post_id"] for p in report["pages"]] == ["p2-coral"]
+    Store(archive).update_post("p1-coral", media_gone_at=iso(when(10)))
+    code, _, err = run(capsys, "posters", "--topic", "coral", "--out", str(tmp_path / "none.pdf"))
+    assert code == 2 and "2 deleted there" in err and not (tmp_path / "none.pdf").exists()
+
+
 def test_city_links_from_the_template(archive, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BOT_POSTERS_LINK_TEMPLATE", "https://example.org/p/{city}/{post_id}")
     out = tmp_path / "berlin.pdf"

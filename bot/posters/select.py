@@ -35,10 +35,16 @@ class Selection:
 
 def select_posts(store: Store, selection: Selection) -> list[dict[str, Any]]:
     """Published posts matching every filter; ranked by engagement with ``top``,
-    otherwise oldest first. BadInput says which filter matched nothing."""
+    otherwise oldest first. Posts deleted on Instagram (``media_gone_at``) are
+    left out unless named with ``--post``. BadInput says which filter matched nothing."""
     since = parse_since(selection.since) if selection.since else None
     posts = store.posts(status="published")
     trail = [f"{len(posts)} published post(s) in {store.path}"]
+    gone = [p for p in posts if p.get("media_gone_at")]
+    if gone and not selection.post_ids:
+        # Deleted on Instagram by the person: not for a wall unless named with --post.
+        posts = [p for p in posts if not p.get("media_gone_at")]
+        trail.append(f"{len(posts)} still on Instagram ({len(gone)} deleted there; name one with --post to use it)")
     if posts and selection.topic is not None:
         topics = sorted({p.get("topic") for p in posts})
         posts = [p for p in posts if p.get("topic") == selection.topic]
