@@ -74,7 +74,9 @@ FEED_PAGES = 10
 # A media taken this long before its post was planned cannot belong to it
 # (clock skew between us and Instagram).
 CLOCK_SLACK = timedelta(minutes=10)
-LOGIN_HINT = "run `bot login` at a terminal to complete it, then `bot post`"
+# What fixes a refused login or a challenge; `bot login` itself says what to run next
+# (it releases paused posts for `bot post`), so the hint fits posting and engagement alike.
+LOGIN_HINT = "run `bot login` at a terminal to complete it"
 
 
 # -- secrets out of logs ------------------------------------------------------------
