@@ -172,6 +172,8 @@ def _apply_file(settings: Settings, path: Path) -> None:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; a settings file is TOML text") from None
     for section, table in data.items():
         if section == "generators":
             if not isinstance(table, dict) or not all(isinstance(t, dict) for t in table.values()):
@@ -206,6 +208,8 @@ def _apply_environment(settings: Settings, env: Mapping[str, str]) -> None:
                     secret = secret_path.read_text(encoding="utf-8").strip()
                 except OSError as exc:
                     raise ConfigError(f"${name}_FILE={str(secret_path)!r}: cannot read: {exc.strerror}") from exc
+                except UnicodeDecodeError:
+                    raise ConfigError(f"${name}_FILE={str(secret_path)!r}: not a UTF-8 text file") from None
                 _set(settings, section, f.name, secret, origin=f"${name}_FILE")
 
 
@@ -248,12 +252,14 @@ def _coerce(value: Any, default: Any, name: str, origin: str) -> Any:
             kind = type(default[0]) if default else str
             return [kind(v) for v in items]
         if isinstance(default, Path):
+            if not str(value).strip():  # an unset shell variable; not the current folder
+                raise ValueError
             return Path(str(value))
         if isinstance(value, (dict, list)):
             raise ValueError
         return str(value)
     except (TypeError, ValueError, OverflowError):
-        kind = type(default).__name__
+        kind = "path" if isinstance(default, Path) else type(default).__name__
         raise ConfigError(f"{origin}: {name} = {value!r} is not a valid {kind}") from None
 
 

@@ -27,3 +27,8 @@ class ModelUnavailable(GeneratorError):
 class CorruptModel(GeneratorError):
     """A model file exists but cannot be read, fails its checksum, or does
     not match its configuration."""
+
+
+class DownloadFailed(GeneratorError):
+    """A download broke off or the server refused it: a failure of the run
+    (exit 1, retry later), not bad input and not a missing model."""

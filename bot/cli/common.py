@@ -4,8 +4,10 @@ and a progress bar."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
@@ -37,6 +39,59 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a folder this user creates or writes into, or None."""
+    if path.exists() and not path.is_dir():
+        return "is a file, not a folder"
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be created: {str(existing)!r} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written: {str(existing)!r} is not writable by this user"
+    return None
+
+
+class OutputFolder(click.ParamType):
+    """An output folder, checked before any work: not empty (an unset shell
+    variable would otherwise mean the current folder), not a file, and
+    creatable and writable by this user."""
+
+    name = "folder"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        if not str(value).strip():
+            self.fail("empty; give a folder path", param, ctx)
+        path = Path(value).expanduser()
+        problem = folder_problem(path)
+        if problem:
+            self.fail(f"{str(value)!r} {problem}", param, ctx)
+        return path
+
+
+class OutputFile(click.ParamType):
+    """An output file with a fixed suffix whose folder can be created and written."""
+
+    name = "file"
+
+    def __init__(self, suffix: str):
+        self.suffix = suffix
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        if not str(value).strip():
+            self.fail(f"empty; give a file name ending in {self.suffix}", param, ctx)
+        path = Path(value).expanduser()
+        if path.suffix.lower() != self.suffix:
+            self.fail(f"{str(value)!r} must be a file name ending in {self.suffix}", param, ctx)
+        if path.is_dir():
+            self.fail(f"{str(value)!r} is a folder; give a file name ending in {self.suffix}", param, ctx)
+        problem = folder_problem(path.parent)
+        if problem:
+            self.fail(f"{str(value)!r}: folder {str(path.parent)!r} {problem}", param, ctx)
+        return path
 
 
 def emit_json(data: Any) -> None:

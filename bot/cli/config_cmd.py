@@ -9,7 +9,13 @@ from bot.cli.common import AppContext, emit_json, pass_app
 
 @click.group("config")
 def command() -> None:
-    """Inspect the settings (defaults -> bot.toml -> BOT_* variables)."""
+    """Inspect the settings (defaults -> bot.toml -> BOT_* variables).
+
+    \b
+    Examples:
+        bot config show
+        bot --config other.toml config show --json
+    """
 
 
 @command.command("show")

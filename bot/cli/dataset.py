@@ -6,12 +6,17 @@ from pathlib import Path
 
 import click
 
-from bot.cli.common import emit_json
+from bot.cli.common import OutputFolder, emit_json
 
 
 @click.group("dataset")
 def command() -> None:
-    """Prepare training images for `bot train`."""
+    """Prepare training images for `bot train`.
+
+    \b
+    Examples:
+        bot dataset crops --from hubble_deep_field.jpg --size 128 --count 2000 --out data/hubble
+    """
 
 
 @command.command("crops")
@@ -19,7 +24,7 @@ def command() -> None:
 @click.option("--size", type=int, default=64, show_default=True, help="Crop size in pixels.")
 @click.option("--count", type=int, default=500, show_default=True, help="Number of crops.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Crops are the same for the same seed.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Empty or new folder for crop-NNNNN.png.")
+@click.option("--out", required=True, type=OutputFolder(), help="Empty or new folder for crop-NNNNN.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def crops(source: Path, size: int, count: int, seed: int, out: Path, as_json: bool) -> None:
     """Cut COUNT random SIZE x SIZE crops out of one image.

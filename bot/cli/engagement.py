@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from bot.cli.common import AppContext, emit_json, pass_app
+from bot.cli.common import AppContext, OutputFile, emit_json, pass_app
 from bot.engagement import collect_engagement, engagement_summary, plot_engagement
 
 
 @click.group("engagement", invoke_without_command=True)
-@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--chart", type=OutputFile(".png"),
               help="Where to write the PNG chart (default: state/engagement.png).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app

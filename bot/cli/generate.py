@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from bot.cli.common import AppContext, emit_json, pass_app, progress_bar
+from bot.cli.common import AppContext, OutputFolder, emit_json, pass_app, progress_bar
 from bot.errors import BadInput
 
 
@@ -62,7 +62,7 @@ def _request_inputs(app: AppContext, prompt: str | None, topic: str | None
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--generator", "generator_name", help="Registered generator (default: the topic's, else vqgan-clip).")
 @click.option("--seed", type=int, help="Random seed (default: random, recorded in manifest.json).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for image.png etc.")
+@click.option("--out", "out_dir", required=True, type=OutputFolder(), help="Folder for image.png etc.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @pass_app
 def command(app: AppContext, prompt: str | None, topic: str | None, size: str, iterations: int | None,

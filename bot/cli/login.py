@@ -4,8 +4,10 @@ every other command and the daemon, and releases posts paused by a challenge."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import sys
 
 import click
 
@@ -39,14 +41,16 @@ def command(app: AppContext, username: str | None, as_json: bool) -> None:
     """
     settings = app.settings
     ig = settings.instagram
-    username = username or ig.username or click.prompt("Instagram username")
-    password = ig.password or click.prompt(f"Password for {username}", hide_input=True)
+    username = username or ig.username or click.prompt("Instagram username", err=True)
+    password = ig.password or click.prompt(f"Password for {username}", hide_input=True, err=True)
     ig = dataclasses.replace(ig, username=username, password=password)
     client = make_client(ig, interactive=True)
+    client.challenge_code_handler = _ask_challenge_code
     path = session_path(settings)
-    relogin = load_session(client, path)  # keeps the device identity of the last session
-    _login(client, ig, relogin=relogin)
-    account = client.account_info()
+    with contextlib.redirect_stdout(sys.stderr):  # instagrapi prints; stdout is for the result (--json)
+        relogin = load_session(client, path)  # keeps the device identity of the last session
+        _login(client, ig, relogin=relogin)
+        account = client.account_info()
     save_session(client, path)
     if not as_json:
         click.echo(f"Logged in as {account.username}; session saved to {path} (mode 0600).")
@@ -75,6 +79,12 @@ def _release_paused_posts(app: AppContext) -> list[str]:
     return released
 
 
+def _ask_challenge_code(username: str, choice: object = None) -> str:
+    """instagrapi's challenge prompt, on stderr like the other questions."""
+    where = getattr(choice, "value", choice) or "e-mail or SMS"
+    return click.prompt(f"Code Instagram sent by {where} for {username}", err=True).strip()
+
+
 def _login(client, ig, *, relogin: bool) -> None:
     from instagrapi.exceptions import BadPassword, ChallengeError, ClientError, TwoFactorRequired
 
@@ -83,7 +93,7 @@ def _login(client, ig, *, relogin: bool) -> None:
         try:
             client.login(ig.username, ig.password, relogin=relogin, verification_code=code)
         except TwoFactorRequired:
-            code = totp_code(ig.totp_seed) if ig.totp_seed else click.prompt("Two-factor code", hide_input=False)
+            code = totp_code(ig.totp_seed) if ig.totp_seed else click.prompt("Two-factor code", hide_input=False, err=True)
             client.login(ig.username, ig.password, relogin=True, verification_code=code.strip())
     except BadPassword as exc:
         raise BadInput(f"Instagram refused the login for {ig.username!r} ({_describe(exc)})") from None

@@ -19,7 +19,14 @@ def _store(app: AppContext):
 
 @click.group("models")
 def command() -> None:
-    """Install and check the weights the generators need (sha256 manifest in models/)."""
+    """Install and check the weights the generators need (sha256 manifest in models/).
+
+    \b
+    Examples:
+        bot models list
+        bot models fetch --trust vqgan_imagenet_f16_16384 clip_vit_b_32_openai
+        bot models verify
+    """
 
 
 @command.command("list")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bot.cli.common import AppContext, emit_json, pass_app
+from bot.cli.common import AppContext, OutputFolder, emit_json, pass_app
 
 
 @click.command("sample")
@@ -15,7 +15,7 @@ from bot.cli.common import AppContext, emit_json, pass_app
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed SEED+i: same seed, same image.")
 @click.option("--size", type=int, default=None, help="Output SIZE x SIZE: models with a spatial latent draw up to 4x their training size, then Lanczos does the rest [default: training size].")
 @click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True, help="The generator with the best KID (generator.safetensors) or the last epoch's.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for sample-<seed>.png files.")
+@click.option("--out", required=True, type=OutputFolder(), help="Folder for sample-<seed>.png files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
 @pass_app
 def command(app: AppContext, model: str, n: int, seed: int, size: int | None, weights: str, out: Path, as_json: bool) -> None:

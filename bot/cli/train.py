@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from bot.cli.common import emit_json, progress_bar
+from bot.cli.common import OutputFolder, emit_json, progress_bar
 
 
 @click.command("train")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Folder of jpg/png/webp images (searched recursively).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model folder to create (e.g. models/gan/NAME).")
+@click.option("--out", required=True, type=OutputFolder(), help="Model folder to create (e.g. models/gan/NAME).")
 @click.option("--arch", type=click.Choice(["gan", "dcgan", "wgan", "wgan-gp", "diffaug"]), default=None, help="Architecture [default: diffaug, the small-data recipe].")
 @click.option("--img-size", type=int, default=None, help="Training size, a power of two from 32 to 512 [default: 64].")
 @click.option("--epochs", type=int, default=50, show_default=True, help="Total epochs (with --resume: the new total).")

@@ -98,6 +98,8 @@ def resolve_publisher_name(settings: "Settings", *, dry_run: bool = False, name:
     """Which publisher a post goes to: an explicit name, else ``outbox`` for a
     dry run or when no Instagram credentials are configured, else ``instagram``."""
     chosen = name or settings.publish.publisher
+    if name is not None and name not in publisher_names():  # a typo is refused even on a dry run
+        raise BadInput(f"--publisher {name!r} is not a publisher; available: {', '.join(publisher_names())}")
     if dry_run:
         return "outbox"
     if chosen == "auto":

@@ -198,6 +198,8 @@ def make_crops(source: Path, out_dir: Path, size: int, count: int, seed: int = 0
         raise InvalidRequest(f"--size {size}: must be at least 8 pixels")
     if count < 1:
         raise InvalidRequest(f"--count {count}: must be at least 1")
+    if seed < 0:
+        raise InvalidRequest(f"--seed {seed}: must be at least 0")
     try:
         with Image.open(source) as opened:
             image = ImageOps.exif_transpose(opened).convert("RGB")

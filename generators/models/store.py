@@ -22,6 +22,7 @@ import datetime as _dt
 import enum
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
-from generators.errors import CorruptModel, InvalidRequest, ModelUnavailable
+from generators.errors import CorruptModel, DownloadFailed, InvalidRequest, ModelUnavailable
 from generators.models.checkpoints import UntrustedCheckpoint, load_state_dict, sha256_file
 from generators.models.known import KNOWN_MODELS, ModelSpec, SourceFile
 
@@ -59,6 +60,20 @@ class FetchResult:
 
     outcome: FetchOutcome
     entry: dict[str, Any]
+
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+RESERVED_NAMES = {MANIFEST, "gan"}  # the manifest, and models/gan/ with the trained GANs
+
+
+def check_model_name(name: str) -> None:
+    """A model is a folder directly under the store: refuse names that are not
+    one plain folder name, or that are taken by the store's own files."""
+    if not MODEL_NAME.fullmatch(name) or name in RESERVED_NAMES:
+        raise InvalidRequest(
+            f"model name {name!r} is not allowed; use 1-100 letters, digits, '_', '-' or '.', starting with a "
+            f"letter or digit (e.g. my_vqgan), and not {' or '.join(sorted(RESERVED_NAMES))}"
+        )
 
 
 class ModelStore:
@@ -212,6 +227,7 @@ class ModelStore:
         """Install local files: ``{"checkpoint": ..., "config": ...}`` for a VQGAN,
         ``{"weights": ...}`` for CLIP. A pickle needing a full unpickle is read
         only when its sha256 matches the known official file or ``trust``."""
+        check_model_name(name)
         spec = KNOWN_MODELS.get(name)
         kind = kind or (spec.kind if spec else None)
         if kind not in ("vqgan", "clip"):
@@ -301,23 +317,24 @@ class ModelStore:
         try:
             response = requests.get(source.url, headers=headers, stream=True, timeout=60)
         except requests.RequestException as exc:
-            raise ModelUnavailable(f"cannot download {source.url} ({exc}); check the network and retry "
-                                   f"`{fetch_command(KNOWN_MODELS[name])}`") from exc
+            raise DownloadFailed(f"cannot download {source.url} ({exc}); check the network and retry "
+                                 f"`{fetch_command(KNOWN_MODELS[name])}`") from exc
         with response:
             if response.status_code == 416 and have:  # asked for bytes past the end: start again
                 part.unlink(missing_ok=True)
                 validators.unlink(missing_ok=True)
                 return self._download(name, source, progress)
             if response.status_code not in (200, 206):
-                raise ModelUnavailable(f"cannot download {source.url}: HTTP {response.status_code}")
+                raise DownloadFailed(f"cannot download {source.url}: HTTP {response.status_code}; retry "
+                                     f"`{fetch_command(KNOWN_MODELS[name])}` later")
             range_total = 0
             if response.status_code == 206:
                 content_range = response.headers.get("Content-Range", "")
                 start, range_total = _parse_content_range(content_range)
                 if start != have:
                     if not have:
-                        raise ModelUnavailable(f"cannot download {source.url}: the server answered a request "
-                                               f"for the whole file with Content-Range {content_range!r}")
+                        raise DownloadFailed(f"cannot download {source.url}: the server answered a request "
+                                             f"for the whole file with Content-Range {content_range!r}")
                     # Not the bytes that follow the part: appending them would
                     # corrupt the file. Start over with a plain request.
                     response.close()
