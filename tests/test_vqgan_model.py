@@ -129,6 +129,15 @@ def test_other_model_targets_are_refused(tmp_path: Path):
         VQGANConfig.from_yaml(path)
 
 
+@pytest.mark.parametrize(("text", "says"), [("", "holds nothing"), ("- a\n- b\n", "holds list"),
+                                            ("model: just a string\n", "another layout")])
+def test_a_config_that_is_not_a_taming_config_is_named_as_such(tmp_path: Path, text: str, says: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(CorruptModel, match=f"not a taming config .*{says}"):
+        VQGANConfig.from_yaml(path)
+
+
 class _Payload:
     def __reduce__(self):
         return (Path("/tmp/dstrtd-payload-ran").write_text, ("ran",))

@@ -80,8 +80,14 @@ class VQGANConfig:
             target = model.get("target", "")
             params = model["params"]
             dd = params["ddconfig"]
-        except (TypeError, KeyError) as exc:
+        except KeyError as exc:
             raise CorruptModel(f"VQGAN config {source}: missing key {exc} (expected model.params.ddconfig)") from exc
+        except (TypeError, AttributeError):  # an empty file, a list, a string where a mapping belongs
+            held = "nothing" if data is None else ("another layout" if isinstance(data, dict) else type(data).__name__)
+            raise CorruptModel(
+                f"VQGAN config {source}: not a taming config (expected a mapping model.params.ddconfig; "
+                f"the file holds {held})"
+            ) from None
         if target not in VQMODEL_TARGETS:
             raise CorruptModel(
                 f"VQGAN config {source}: model.target is {target!r}; supported: {', '.join(VQMODEL_TARGETS)}"
