@@ -163,6 +163,9 @@ def _plan_new(
             chosen.check(request)
         except GeneratorError as exc:
             if topic_slug is not None:
+                # say which topic and generator the refused values come from (the person may
+                # have named only the topic, or forced a generator its options do not suit)
+                exc.args = (f"topic {candidate.slug} with generator {name}: {exc}", *exc.args[1:])
                 raise
             reasons.append(f"{candidate.slug}: {exc}")
             continue

@@ -201,6 +201,14 @@ def test_unknown_publisher_is_refused_even_with_dry_run(state_dir, capsys):
     assert not (state_dir / "archive").exists()
 
 
+def test_a_forced_generator_that_does_not_suit_the_topic_names_both(state_dir, capsys):
+    # night-sky's options set size 1350 for its GAN; VQGAN sizes are multiples of 16
+    code, _, err = run(capsys, "post", "--topic", "night-sky", "--generator", "vqgan-clip", "--dry-run")
+    assert code == 2
+    assert "topic night-sky with generator vqgan-clip: size 1350 is not allowed" in err
+    assert not (state_dir / "archive").exists()
+
+
 # -- --json with questions ----------------------------------------------------------
 
 

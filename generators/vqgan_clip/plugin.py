@@ -132,9 +132,9 @@ def _side(key: str, value: Any) -> int:
     try:
         number = _parse(value, int)
     except ValueError:
-        raise InvalidRequest(f"size {key} {value!r} is not a whole number; {allowed}") from None
+        raise InvalidRequest(f"{key} {value!r} is not a whole number; {allowed}") from None
     if number < 16 or number % 16:
-        raise InvalidRequest(f"size {key} {value!r} is not allowed; {allowed}")
+        raise InvalidRequest(f"{key} {value!r} is not allowed; {allowed}")
     return number
 
 
@@ -265,8 +265,9 @@ class VQGANCLIPGenerator:
         if profile == "auto":
             profile = "cpu" if device.type == "cpu" else "full"
         options = {**(CPU_PROFILE if profile == "cpu" else FULL_PROFILE), **options}
-        width = _side("width", options.get("width", request.size))
-        height = _side("height", options.get("height", request.size))
+        # name what the value came from: an option, or the request's square size
+        width = _side("size width", options["width"]) if "width" in options else _side("size", request.size)
+        height = _side("size height", options["height"]) if "height" in options else _side("size", request.size)
         for key in ("iterations", "cutouts", "candidates", "stop_min_steps", "stop_window"):
             if key in options:
                 options[key] = _number(options, key, int, 1, 100_000)
