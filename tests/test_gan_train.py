@@ -190,8 +190,16 @@ def test_dataset_crops_is_seeded_and_refuses_to_overwrite(tmp_path: Path) -> Non
     make_crops(HUBBLE, tmp_path / "b", size=48, count=3, seed=5)
     assert (tmp_path / "a" / "crop-00002.png").read_bytes() == (tmp_path / "b" / "crop-00002.png").read_bytes()
     assert Image.open(tmp_path / "a" / "crop-00000.png").size == (48, 48)
-    with pytest.raises(InvalidRequest, match="already holds crops"):
+    with pytest.raises(InvalidRequest, match="is not empty"):
         make_crops(HUBBLE, tmp_path / "a", size=48, count=3, seed=6)
+    photos = tmp_path / "photos"  # a folder of the person's own images: crops would join that data set
+    photos.mkdir()
+    (photos / "oak.jpg").write_bytes(b"")
+    with pytest.raises(InvalidRequest, match="is not empty"):
+        make_crops(HUBBLE, photos, size=48, count=3)
+    assert [p.name for p in photos.iterdir()] == ["oak.jpg"]
+    with pytest.raises(InvalidRequest, match="is a folder"):
+        make_crops(tmp_path, tmp_path / "d", size=48, count=3)
     with pytest.raises(InvalidRequest, match="larger than the image"):
         make_crops(HUBBLE, tmp_path / "c", size=4000, count=3)
     assert not (tmp_path / "c").exists()

@@ -192,6 +192,8 @@ def make_crops(source: Path, out_dir: Path, size: int, count: int, seed: int = 0
     """Cut ``count`` random ``size``x``size`` crops out of one large image into
     ``out_dir`` as PNG files (``crop-00000.png`` ...). Seeded, so the same
     arguments give the same crops. Returns a summary dict."""
+    if source.is_dir():
+        raise InvalidRequest(f"--from {str(source)!r}: is a folder; give one large image file")
     if not source.is_file():
         raise InvalidRequest(f"--from {str(source)!r}: no such file")
     if size < 8:
@@ -208,8 +210,10 @@ def make_crops(source: Path, out_dir: Path, size: int, count: int, seed: int = 0
     width, height = image.size
     if width < size or height < size:
         raise InvalidRequest(f"--size {size}: larger than the image ({width}x{height})")
-    if out_dir.exists() and any(out_dir.glob("crop-*.png")):
-        raise InvalidRequest(f"--out {str(out_dir)!r}: already holds crops; choose an empty folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        # Training reads a folder recursively: crops added to a folder of other
+        # images (or of earlier crops) would silently change that data set.
+        raise InvalidRequest(f"--out {str(out_dir)!r}: is not empty; choose an empty or new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
