@@ -126,13 +126,15 @@ def test_other_towers_keep_open_clips_forward(tiny_perceptor):
     assert not batch_first_applies(resnet)
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_cpu_runs_switch_the_rewrites_with_fast(tiny_perceptor, fast):
+@pytest.mark.parametrize(("fast", "rewrites", "on"), [(True, "auto", True), (False, "auto", False),
+                                                      (True, "off", False), (False, "on", False)])
+def test_cpu_runs_switch_the_rewrites_with_fast(tiny_perceptor, fast, rewrites, on):
     model = VQGAN(TINY_VQGAN_CONFIG).eval().requires_grad_(False)
-    model.fold_upsampling(not fast)  # a model left in the other state by an earlier run
-    _, embed = prepare_models(model, tiny_perceptor, RunSettings(fast=fast, compile="off"), torch.device("cpu"))
-    assert all(m.folded == fast for m in model.modules() if isinstance(m, Upsample))
-    assert embed.keywords == {"batch_first": fast}
+    model.fold_upsampling(not on)  # a model left in the other state by an earlier run
+    settings = RunSettings(fast=fast, compile="off", rewrites=rewrites)
+    _, embed = prepare_models(model, tiny_perceptor, settings, torch.device("cpu"))
+    assert all(m.folded == on for m in model.modules() if isinstance(m, Upsample))
+    assert embed.keywords == {"batch_first": on}
 
 
 def test_folded_kernel_follows_the_weight():

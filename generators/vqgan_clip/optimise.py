@@ -77,6 +77,9 @@ class RunSettings:
     fast: bool = True
     precision: str = "auto"
     compile: str = "auto"
+    # The fast path's same-maths rewrites (folded upsampling, batch-first CLIP
+    # tower): "auto" = on a CPU only, where they were measured; "on" / "off".
+    rewrites: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -190,14 +193,14 @@ def prepare_models(vqgan: VQGAN, perceptor: Perceptor, settings: RunSettings, de
     """Move models to ``device`` in the layout the fast path wants; return the
     (possibly compiled) decode and image-embedding callables. The backend
     flags are :func:`backend_flags`'s business, around the whole run."""
-    cpu_fast = device.type != "cuda" and settings.fast
-    if cpu_fast:
+    if device.type != "cuda" and settings.fast:
         reuse_freed_memory()  # a 256-px decode frees and re-maps hundreds of MiB a step otherwise
     vqgan.to(device=device, memory_format=memory_format_for(settings, device))
     # Same maths, fewer or larger matrix products; measured on a CPU only so far (docs/vqgan_clip.md).
-    vqgan.fold_upsampling(cpu_fast)
+    rewrite = settings.fast and (settings.rewrites == "on" or (settings.rewrites == "auto" and device.type != "cuda"))
+    vqgan.fold_upsampling(rewrite)
     decode: Callable[[torch.Tensor], torch.Tensor] = vqgan.decode
-    embed: Callable[[torch.Tensor], torch.Tensor] = functools.partial(perceptor.embed_images, batch_first=cpu_fast)
+    embed: Callable[[torch.Tensor], torch.Tensor] = functools.partial(perceptor.embed_images, batch_first=rewrite)
     use_compile = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
     if settings.fast and use_compile:
         decode = torch.compile(vqgan.decode, dynamic=False)
