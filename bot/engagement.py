@@ -11,10 +11,13 @@ slot that passed rather than a burst of stale ones.
 
 Snapshots are appended with ``store.append_to_post(post_id, "engagement", ...)``
 and never overwritten. A post whose media Instagram says does not exist (deleted
-in the app) gets ``media_gone_at`` (when that was found) and
-``media_gone_reason``, and is never asked about again: otherwise it would stay
-due forever and be requested on every run, for months. A network error or a 5xx
-is not "gone"; that post is simply tried on the next run. Counts come from the
+in the app) is asked about again on later runs for ``GONE_AFTER`` (first
+``media_missing_since``); if Instagram still says so then, it gets
+``media_gone_at`` and ``media_gone_reason`` and is never asked about again:
+otherwise it would stay due forever and be requested on every run, for months.
+One answer is not enough, because a live post's counts would then be lost for
+good on a single wrong "not found". A network error or a 5xx is not "gone";
+that post is simply tried on the next run. Counts come from the
 private ``media/<pk>/info/``
 endpoint (``media_info_v1``: never cached, and unlike ``media_info`` it does
 not fall back to the public web API on an error); business and creator
@@ -34,6 +37,10 @@ from bot.errors import MediaGone, PublishCoolDown, PublishError, PublishPaused
 from bot.store import Store, iso, parse_iso, utcnow
 
 log = logging.getLogger("bot.engagement")
+
+# How long Instagram must keep saying a post's media does not exist before the
+# post counts as deleted (see the module docstring).
+GONE_AFTER = timedelta(hours=24)
 
 
 # -- which posts are due -------------------------------------------------------------
@@ -97,11 +104,12 @@ def collect_engagement(settings: Settings, store: Store, *, now: datetime | None
             try:
                 snapshot = _snapshot(publisher, client, post, slot, business, moment)
             except MediaGone as exc:
-                store.update_post(post["id"], media_gone_at=iso(moment), media_gone_reason=str(exc))
-                log.warning("engagement: post %s is gone from Instagram (%s); not asked about again", post["id"], exc)
+                _note_missing(store, post, exc, moment)
                 continue
             if snapshot is None:
                 continue
+            if post.get("media_missing_since"):  # it was there after all
+                store.update_post(post["id"], media_missing_since=None)
             store.append_to_post(post["id"], "engagement", snapshot)
             taken.append({"post_id": post["id"], **snapshot})
     except PublishCoolDown as exc:
@@ -110,6 +118,20 @@ def collect_engagement(settings: Settings, store: Store, *, now: datetime | None
         raise PublishPaused(f"engagement collection stopped after {len(taken)} snapshot(s), which are kept: {exc}") from None
     log.info("engagement: %d snapshot(s) taken, %d post(s) were due", len(taken), len(due))
     return taken
+
+
+def _note_missing(store: Store, post: dict[str, Any], exc: MediaGone, moment: datetime) -> None:
+    """Record a "media does not exist" answer: the first one starts the
+    ``GONE_AFTER`` wait, one after it marks the post gone for good."""
+    since = post.get("media_missing_since")
+    if since is None:
+        store.update_post(post["id"], media_missing_since=iso(moment))
+        log.warning("engagement: Instagram says post %s's media does not exist (%s); asking again on later runs, "
+                    "it counts as deleted if that still holds after %s", post["id"], exc, GONE_AFTER)
+    elif moment - parse_iso(since) >= GONE_AFTER:
+        store.update_post(post["id"], media_gone_at=iso(moment), media_gone_reason=str(exc))
+        log.warning("engagement: post %s is gone from Instagram (%s, since %s); not asked about again",
+                    post["id"], exc, since)
 
 
 def _snapshot(publisher: Any, client: Any, post: dict[str, Any], slot: float, business: bool,

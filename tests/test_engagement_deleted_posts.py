@@ -42,16 +42,22 @@ def test_a_deleted_post_is_recorded_as_gone_and_never_asked_about_again(fake, tm
     engagement run (hourly) asked Instagram about it again, for months."""
     settings, store, first, second = _two_posts_first_deleted(fake)
     published = parse_iso(second["publication"]["published_at"])
-    collect_engagement(settings, store, now=published + timedelta(hours=2))
+    # one "not found" is not enough (GONE_AFTER): still asked a few hours later
+    for hours in (2, 7):
+        collect_engagement(settings, store, now=published + timedelta(hours=hours))
+        missing = store.require_post(first["id"])
+        assert missing.get("media_gone_at") is None
+        assert parse_iso(missing["media_missing_since"]) == published + timedelta(hours=2)
+    assert _info_calls(fake, first) == 2
+    collect_engagement(settings, store, now=published + timedelta(hours=26))  # a day after the first answer
     gone = store.require_post(first["id"])
-    assert parse_iso(gone["media_gone_at"]) == published + timedelta(hours=2)
+    assert parse_iso(gone["media_gone_at"]) == published + timedelta(hours=26)
     assert "not found" in gone["media_gone_reason"].lower()
     assert due_slot(gone, settings.instagram.engagement_schedule_hours, published + timedelta(days=40)) is None
-    asked = _info_calls(fake, first)
-    for hours in (7, 25, 80):
+    for hours in (80, 200):
         collect_engagement(settings, store, now=published + timedelta(hours=hours))
-    assert _info_calls(fake, first) == asked == 1
-    assert len(store.require_post(second["id"])["engagement"]) == 4  # the other post goes on
+    assert _info_calls(fake, first) == 3
+    assert len(store.require_post(second["id"])["engagement"]) == 5  # the other post goes on
 
     summary = engagement_summary(store)
     rows = {row["post_id"]: row for row in summary["posts"]}
@@ -64,6 +70,24 @@ def test_a_deleted_post_is_recorded_as_gone_and_never_asked_about_again(fake, tm
     assert code == 0, err
     [line] = [line for line in out.splitlines() if line.startswith(first["id"])]
     assert "deleted on Instagram" in line and gone["media_gone_at"][:10] in line
+
+
+def test_a_post_that_answers_again_is_not_taken_for_deleted(fake, tmp_path):
+    assert run_cli("post", "--topic", "reef")[0] == 0
+    settings = load_settings()
+    store = Store(settings.paths.state)
+    [post] = store.posts()
+    published = parse_iso(post["publication"]["published_at"])
+    with fake.lock:  # a wrong "not found" from Instagram, once
+        media, fake.medias = fake.medias, []
+    collect_engagement(settings, store, now=published + timedelta(hours=2))
+    assert store.require_post(post["id"])["media_missing_since"]
+    with fake.lock:
+        fake.medias = media
+    taken = collect_engagement(settings, store, now=published + timedelta(hours=30))
+    assert [s["post_id"] for s in taken] == [post["id"]]
+    answered = store.require_post(post["id"])
+    assert answered.get("media_missing_since") is None and answered.get("media_gone_at") is None
 
 
 def test_a_failed_read_is_not_taken_for_a_deleted_post(fake, tmp_path):
