@@ -158,7 +158,7 @@ def _plan_new(
     for candidate in candidates:
         name = generator_name or candidate.generator
         chosen = get_generator(name, settings.generator_config(name))
-        request = _request_for(candidate, name, seed, progress)
+        request = candidate.request(seed, progress)
         try:
             chosen.check(request)
         except GeneratorError as exc:
@@ -172,15 +172,6 @@ def _plan_new(
         _check_caption(settings, candidate, name)
         return Plan(candidate, name, chosen, request, publisher_name, chosen_publisher)
     raise BadInput("no topic can be posted here, because:\n  " + "\n  ".join(reasons))
-
-
-def _request_for(topic: Topic, generator_name: str, seed: int, progress: ProgressCallback | None) -> GenerationRequest:
-    options = dict(topic.options)
-    size = options.pop("size", None)
-    request = GenerationRequest(prompts=topic.prompts, seed=seed, model=topic.model, options=options, progress=progress)
-    if size is not None:
-        request.size = size
-    return request
 
 
 def topic_caption(settings: Settings, topic: Topic, generator_name: str) -> str:
@@ -234,7 +225,7 @@ def _plan_for(settings: Settings, topics: dict[str, Topic], post: dict[str, Any]
         )
     topic = topics[post["topic"]]
     chosen = get_generator(post["generator"], settings.generator_config(post["generator"]))
-    request = _request_for(topic, post["generator"], post["seed"], progress)
+    request = topic.request(post["seed"], progress)
     request.model = post.get("model", request.model)
     if post["status"] == "planned":  # the image is still to be made
         chosen.check(request)

@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from bot.errors import BadInput, TemplateError
+from generators import GenerationRequest
+from generators.registry import ProgressCallback
 
 TOPICS_FILE = "topics.toml"
 MIN_FACTS, MAX_FACTS = 2, 4
@@ -47,7 +49,8 @@ class Topic:
     """A subject the bot can post about; see the schema in ``templates/topics.toml``.
 
     ``hashtags`` are stored without the leading ``#``; ``options`` are passed to
-    the generator untouched (it validates them).
+    the generator untouched (it validates them), except ``size``, which is the
+    request's own field (see :meth:`request`).
     """
 
     slug: str
@@ -59,6 +62,19 @@ class Topic:
     generator: str
     model: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+    def request(self, seed: int = 0, progress: ProgressCallback | None = None) -> GenerationRequest:
+        """What a post of this topic asks its generator for. ``options.size``
+        becomes the request's size (the side every generator reads); the other
+        options go to the generator as they are. One place, so that checking a
+        topic (``bot topics``) and posting it ask the same question."""
+        options = dict(self.options)
+        size = options.pop("size", None)
+        request = GenerationRequest(prompts=self.prompts, seed=seed, model=self.model, options=options,
+                                    progress=progress)
+        if size is not None:
+            request.size = size
+        return request
 
 
 def load_topics(templates_dir: Path) -> dict[str, Topic]:

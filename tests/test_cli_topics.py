@@ -62,6 +62,9 @@ def test_topics_json(state_dir):
     assert rows["forest"]["last_posted"] is None
     assert rows["night-sky"]["generator"] == "gan" and rows["night-sky"]["model"] == "hubble-128"
     assert all(isinstance(row["available"], bool) and row["availability"] for row in rows.values())
+    # the bundled GAN is committed, so the topic that uses it (options.size = 1350) is ready,
+    # as `bot post --topic night-sky` finds; its size is the request's, not a gan option
+    assert (rows["night-sky"]["available"], rows["night-sky"]["availability"]) == (True, "ready")
 
 
 def test_topics_show_coral_previews_caption_and_stats(state_dir):

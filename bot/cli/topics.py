@@ -20,7 +20,7 @@ from bot.errors import CaptionTooLong
 from bot.pipeline import topic_caption
 from bot.store import iso
 from bot.topics import Topic, get_topic, load_topics
-from generators import GenerationRequest, GeneratorError, ModelUnavailable, UnknownGenerator
+from generators import GeneratorError, ModelUnavailable, UnknownGenerator
 from generators import get_generator
 
 
@@ -117,9 +117,8 @@ def _topic_row(settings: Settings, topic: Topic, last_posted: Any) -> dict[str, 
 def _availability(settings: Settings, topic: Topic) -> tuple[bool, str]:
     """Ask the topic's generator whether it could run here (its ``check``
     raises before any work), and say what fixes it when not."""
-    request = GenerationRequest(prompts=topic.prompts, model=topic.model, options=dict(topic.options))
     try:
-        get_generator(topic.generator, settings.generator_config(topic.generator)).check(request)
+        get_generator(topic.generator, settings.generator_config(topic.generator)).check(topic.request())
     except UnknownGenerator:
         return False, f"unknown generator {topic.generator!r}"
     except ModelUnavailable as exc:
