@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bot post --topic night-sky
+	# --dry-run: the outbox, even where Instagram credentials are configured
+	$(BIN)/bot post --topic night-sky --dry-run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
