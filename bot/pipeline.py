@@ -363,7 +363,8 @@ def _manifest(post: dict[str, Any], plan: Plan, report: dict[str, Any]) -> dict[
         },
         "packages": archive.package_versions(),
         "regenerate": (
-            f"bot generate --generator {post['generator']} --topic {plan.topic.slug} --seed {report['seed']}"
+            f"bot generate --generator {post['generator']} --topic {plan.topic.slug} --seed {report['seed']} "
+            f"--size {plan.request.size} --out regenerated-{post['id']}"
         ),
     }
 

@@ -15,6 +15,9 @@ from bot.cli.common import AppContext, OutputFolder, emit_json, pass_app, progre
 from bot.errors import BadInput
 
 
+DEFAULT_SIZE = "480"
+
+
 def _parse_size(value: str) -> tuple[int, int]:
     text = value.lower().strip()
     try:
@@ -28,25 +31,25 @@ def _parse_size(value: str) -> tuple[int, int]:
 
 
 def _request_inputs(app: AppContext, prompt: str | None, topic: str | None
-                    ) -> tuple[str, dict[str, Any], str | None, str | None]:
-    """Prompts, options, model and generator from --prompt and/or --topic (the flag wins)."""
+                    ) -> tuple[str, dict[str, Any], str | None, str | None, str]:
+    """Prompts, options, model, generator and size from --prompt and/or --topic
+    (the flags win; the size is the topic's, as a post of it would use)."""
     if topic is None:
-        return prompt or "", {}, None, None
+        return prompt or "", {}, None, None, DEFAULT_SIZE
     from bot.topics import load_topics  # written alongside; imported only when needed
 
     topics = load_topics(app.settings.paths.templates)
     if topic not in topics:
         raise BadInput(f"--topic {topic!r} is not a topic; known: {', '.join(topics)}")
     chosen = topics[topic]
-    options = dict(chosen.options)
-    options.pop("size", None)  # --size decides here
-    return prompt or chosen.prompts, options, chosen.model, chosen.generator
+    request = chosen.request()
+    return prompt or chosen.prompts, request.options, chosen.model, chosen.generator, str(request.size)
 
 
 @click.command("generate")
 @click.option("--prompt", help="Weighted prompts, e.g. 'coral reef:1 | blurry:-0.5'.")
 @click.option("--topic", help="Take the prompts and options of this topic (see `bot topics`).")
-@click.option("--size", default="480", show_default=True, help="Side, or WIDTHxHEIGHT; multiples of 16.")
+@click.option("--size", help=f"Side, or WIDTHxHEIGHT; multiples of 16 for vqgan-clip (default: the topic's, else {DEFAULT_SIZE}).")
 @click.option("--iterations", type=int, help="Hard cap on optimisation steps (the plateau rule may stop earlier).")
 @click.option("--cutouts", type=int, help="Crops CLIP scores per step.")
 @click.option("--candidates", type=int, help="Optimise N candidates in one batch, keep the best CLIP score.")
@@ -65,7 +68,7 @@ def _request_inputs(app: AppContext, prompt: str | None, topic: str | None
 @click.option("--out", "out_dir", required=True, type=OutputFolder(), help="Folder for image.png etc.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @pass_app
-def command(app: AppContext, prompt: str | None, topic: str | None, size: str, iterations: int | None,
+def command(app: AppContext, prompt: str | None, topic: str | None, size: str | None, iterations: int | None,
             cutouts: int | None, candidates: int | None, stop: str | None, snapshots: tuple[int, ...],
             init_image: str | None, image_prompt: str | None, profile: str | None, time_budget: float | None,
             device: str, generator_name: str | None, seed: int | None, out_dir: str, as_json: bool) -> None:
@@ -82,9 +85,9 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str, i
     from generators import GenerationRequest, get_generator
 
     # 1. check inputs (nothing is written before the generator's check passes)
-    prompts, options, model, topic_generator = _request_inputs(app, prompt, topic)
+    prompts, options, model, topic_generator, topic_size = _request_inputs(app, prompt, topic)
     generator_name = generator_name or topic_generator or "vqgan-clip"
-    width, height = _parse_size(size)
+    width, height = _parse_size(size or topic_size)
     if time_budget is not None and not (math.isfinite(time_budget) and time_budget >= 0):
         raise BadInput(f"--time-budget {time_budget!r} is not allowed; use seconds >= 0 (0 = no budget)")
     flags = {"iterations": iterations, "cutouts": cutouts, "candidates": candidates, "stop": stop,
