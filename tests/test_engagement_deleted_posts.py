@@ -24,6 +24,15 @@ def _two_posts_first_deleted(fake):
     return settings, store, first, second
 
 
+def _one_post():
+    """One published post: settings, store, its record and when it was published."""
+    assert run_cli("post", "--topic", "reef")[0] == 0
+    settings = load_settings()
+    store = Store(settings.paths.state)
+    [post] = store.posts()
+    return settings, store, post, parse_iso(post["publication"]["published_at"])
+
+
 def _info_calls(fake, post) -> int:
     return len(fake.calls(f"/media/{post['publication']['extra']['media_pk']}/info/"))
 
@@ -73,11 +82,7 @@ def test_a_deleted_post_is_recorded_as_gone_and_never_asked_about_again(fake, tm
 
 
 def test_a_post_that_answers_again_is_not_taken_for_deleted(fake, tmp_path):
-    assert run_cli("post", "--topic", "reef")[0] == 0
-    settings = load_settings()
-    store = Store(settings.paths.state)
-    [post] = store.posts()
-    published = parse_iso(post["publication"]["published_at"])
+    settings, store, post, published = _one_post()
     with fake.lock:  # a wrong "not found" from Instagram, once
         media, fake.medias = fake.medias, []
     collect_engagement(settings, store, now=published + timedelta(hours=2))
@@ -91,11 +96,7 @@ def test_a_post_that_answers_again_is_not_taken_for_deleted(fake, tmp_path):
 
 
 def test_a_failed_read_is_not_taken_for_a_deleted_post(fake, tmp_path):
-    assert run_cli("post", "--topic", "reef")[0] == 0
-    settings = load_settings()
-    store = Store(settings.paths.state)
-    [post] = store.posts()
-    published = parse_iso(post["publication"]["published_at"])
+    settings, store, post, published = _one_post()
     fake.fail("/info/", "500")
     assert collect_engagement(settings, store, now=published + timedelta(hours=2)) == []
     assert store.require_post(post["id"]).get("media_gone_at") is None
