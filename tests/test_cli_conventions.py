@@ -147,6 +147,18 @@ def test_models_import_refuses_names_that_are_not_a_folder_name(tmp_path, capsys
     assert not (tmp_path / "store" / "models").exists() or not any((tmp_path / "store" / "models").iterdir())
 
 
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"])
+def test_models_import_of_a_file_that_is_no_model_is_bad_input(tmp_path, capsys, monkeypatch, content):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(content)
+    store = tmp_path / "store" / "models"
+    monkeypatch.setenv("BOT_PATHS_MODELS", str(store))
+    code, _, err = run(capsys, "models", "import", "my_clip", "--weights", str(weights), "--clip-model", "ViT-B-32")
+    no_traceback(err)
+    assert code == 2 and "w.safetensors" in err, err
+    assert not (store / "my_clip").exists()
+
+
 def test_models_fetch_network_failure_is_a_runtime_failure(tmp_path, capsys, monkeypatch):
     from generators.models import KNOWN_MODELS, ModelSpec, SourceFile, register_known_model
 

@@ -9,6 +9,7 @@ import click
 
 from bot.cli.common import AppContext, emit_json, pass_app, progress_bar
 from bot.errors import BadInput
+from generators.errors import CorruptModel
 
 
 def _store(app: AppContext):
@@ -121,7 +122,10 @@ def import_(app: AppContext, name: str, checkpoint: str | None, config_file: str
         files, kind = {"checkpoint": checkpoint, "config": config_file}, "vqgan"
     else:
         raise BadInput("give --checkpoint and --config for a VQGAN, or --weights for CLIP")
-    entry = _store(app).import_files(name, files, kind=kind, open_clip_name=clip_model, trust=trust)
+    try:
+        entry = _store(app).import_files(name, files, kind=kind, open_clip_name=clip_model, trust=trust)
+    except CorruptModel as exc:  # the files the person named: bad input (exit 2), the store unchanged
+        raise BadInput(str(exc)) from None
     click.echo(f"{name}: installed ({', '.join(f['path'] for f in entry['files'].values())})")
 
 
