@@ -158,6 +158,7 @@ def test_text_output_says_which_posters_were_upscaled(archive, tmp_path, capsys)
         (["--post", "p5-coral"], ["--post p5-coral", "'rendered'", "not published"]),
         (["--since", "last week"], ["--since 'last week'", "YYYY-MM-DD"]),
         (["--size", "B1"], ["size 'B1'", "A3"]),
+        (["--size", ""], ["size ''", "A3"]),  # e.g. an unset shell variable: not the default size
         (["--bleed", "200"], ["bleed 200", "larger than the page"]),
         (["--bleed", "-2"], ["bleed", ">= 0"]),
         (["--dpi", "100", "--post", "p1-coral"], ["dpi 100"]),

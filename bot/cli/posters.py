@@ -58,7 +58,7 @@ def command(
     settings = app.settings
     defaults = settings.posters
     options = PosterOptions(
-        size=size or defaults.size,
+        size=defaults.size if size is None else size,
         bleed_mm=defaults.bleed_mm if bleed_mm is None else bleed_mm,
         dpi=defaults.dpi if dpi is None else dpi,
         layout=defaults.layout,
