@@ -201,19 +201,22 @@ def check_poster_settings(settings: Settings) -> None:
     from bot.posters import qr
     from bot.posters.render import check_options
 
-    posters = settings.posters
     try:
-        check_options(
-            PosterOptions(
-                size=posters.size, bleed_mm=posters.bleed_mm, dpi=posters.dpi, layout=posters.layout, mark=posters.mark
-            )
-        )
+        check_options(PosterOptions(**_poster_settings(settings)))
     except BadInput as exc:
         raise BadInput(f"[posters] setting: {exc}") from None
     try:
         qr.encode(settings.account.url)
     except BadInput as exc:
         raise BadInput(f"account.url: {exc}") from None
+
+
+def _poster_settings(settings: Settings) -> dict[str, Any]:
+    """The ``[posters]`` settings a post's poster is drawn with: one list, so
+    that the planning check tests exactly what the render step uses."""
+    posters = settings.posters
+    return {"size": posters.size, "bleed_mm": posters.bleed_mm, "dpi": posters.dpi, "layout": posters.layout,
+            "mark": posters.mark}
 
 
 def _plan_for(settings: Settings, topics: dict[str, Topic], post: dict[str, Any], progress: ProgressCallback | None) -> Plan:
@@ -319,16 +322,7 @@ def _render(settings: Settings, store: Store, post: dict[str, Any], plan: Plan) 
     if not files["instagram"].is_file():
         archive.render_instagram_jpeg(image, files["instagram"])
     if not files["poster"].is_file():
-        render_poster(
-            image,
-            files["poster"],
-            url=settings.account.url,
-            size=settings.posters.size,
-            bleed_mm=settings.posters.bleed_mm,
-            dpi=settings.posters.dpi,
-            layout=settings.posters.layout,
-            mark=settings.posters.mark,
-        )
+        render_poster(image, files["poster"], url=settings.account.url, **_poster_settings(settings))
     if report.get("loss_curve"):
         archive.plot_loss_curve(
             report["loss_curve"], report["loss_label"], f"{plan.topic.name}: {post['generator']}", files["loss_curve"]
