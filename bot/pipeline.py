@@ -391,11 +391,10 @@ def _publish(settings: Settings, store: Store, post: dict[str, Any], plan: Plan)
             # run (the daemon's, seconds later) asked Instagram again at once.
             # Both statuses keep the post unfinished, and resuming it always
             # checks again before anything is sent.
-            if isinstance(exc, PublishCoolDown):
-                retry_after = iso(utcnow() + timedelta(seconds=exc.seconds))
-                store.update_post(post["id"], status="cooling_down", retry_after=retry_after, error={**error, "kind": "cooldown"})
-            elif isinstance(exc, PublishPaused):
-                store.update_post(post["id"], status="paused", error={**error, "kind": "paused"})
+            hold = _hold(exc)
+            if hold:
+                kind, status, changes = hold
+                store.update_post(post["id"], status=status, error={**error, "kind": kind}, **changes)
             else:
                 store.update_post(post["id"], error=error)
             raise BotError(
@@ -412,12 +411,11 @@ def _publish(settings: Settings, store: Store, post: dict[str, Any], plan: Plan)
     post = store.update_post(post["id"], status="publishing")
     try:
         publication = publisher.publish(_submission(settings, post, attempt["id"]))
-    except PublishCoolDown as exc:
-        retry_after = iso(utcnow() + timedelta(seconds=exc.seconds))
-        return _attempt_failed(store, post, attempt, "cooldown", exc, status="cooling_down", retry_after=retry_after)
-    except PublishPaused as exc:
-        return _attempt_failed(store, post, attempt, "paused", exc, status="paused")
     except PublishError as exc:
+        hold = _hold(exc)
+        if hold:
+            kind, status, changes = hold
+            return _attempt_failed(store, post, attempt, kind, exc, status=status, **changes)
         if exc.outcome_unknown:
             return _attempt_failed(store, post, attempt, "unknown", exc, status="publishing")
         failed = sum(1 for a in post["attempts"] if a.get("outcome") == "failed") + 1
@@ -427,6 +425,18 @@ def _publish(settings: Settings, store: Store, post: dict[str, Any], plan: Plan)
         _attempt_failed(store, post, attempt, "unknown", exc, status="publishing", reraise=False)
         raise BotError(f"post {post['id']}: publishing failed unexpectedly: {exc}. Run `bot post` to check and finish.") from exc
     return _record_published(store, post, attempt["id"], publication)
+
+
+def _hold(exc: PublishError) -> tuple[str, str, dict[str, Any]] | None:
+    """Kind, post status and changes for an answer that means "wait" (slow
+    down: retried after the cool-down) or "a person must act" (a challenge:
+    paused until `bot login`); None for any other failure. The same whether
+    Instagram said it to a send or to the check that looks before one."""
+    if isinstance(exc, PublishCoolDown):
+        return "cooldown", "cooling_down", {"retry_after": iso(utcnow() + timedelta(seconds=exc.seconds))}
+    if isinstance(exc, PublishPaused):
+        return "paused", "paused", {}
+    return None
 
 
 def _attempt_failed(
