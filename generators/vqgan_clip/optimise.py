@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from generators.host_memory import reuse_freed_memory
+from generators.vqgan_clip import nnpack_conv
 from generators.vqgan_clip.clip_model import Perceptor
 from generators.vqgan_clip.cutouts import CutoutSettings, make_cutouts, make_cutouts_reference
 from generators.vqgan_clip.prompts import WeightedPrompt, prompt_loss
@@ -71,14 +72,14 @@ class RunSettings:
     # and iterations = that step reproduces the image.
     time_budget_s: float = 0.0
     # Speed switches (see docs/vqgan_clip.md): "fast" = batched cutouts and
-    # channels-last, and on a CPU folded upsampling and a batch-first CLIP
-    # tower (same maths); "precision" "auto" = bf16 autocast on CUDA, fp32 elsewhere;
+    # channels-last, and on a CPU the rewrites below (same maths); "precision" "auto" = bf16 autocast on CUDA, fp32 elsewhere;
     # "compile" "auto" = torch.compile on CUDA only.
     fast: bool = True
     precision: str = "auto"
     compile: str = "auto"
     # The fast path's same-maths rewrites (folded upsampling, batch-first CLIP
-    # tower): "auto" = on a CPU only, where they were measured; "on" / "off".
+    # tower, and on a CPU NNPACK's fast 3x3 convolutions in the decoder):
+    # "auto" = on a CPU only, where they were measured; "on" / "off".
     rewrites: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
@@ -128,13 +129,29 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def rewrites_apply(settings: RunSettings, device: torch.device) -> bool:
+    """Whether this run uses the fast path's same-maths rewrites (folded
+    upsampling, batch-first CLIP tower, NNPACK convolutions on a CPU)."""
+    return settings.fast and (settings.rewrites == "on" or (settings.rewrites == "auto" and device.type != "cuda"))
+
+
+def nnpack_applies(settings: RunSettings, device: torch.device) -> bool:
+    """Whether the decoder's large 3x3 convolutions run through NNPACK: a CPU
+    run with the rewrites on, in a torch build that has NNPACK."""
+    return device.type == "cpu" and rewrites_apply(settings, device) and nnpack_conv.available()
+
+
 def memory_format_for(settings: RunSettings, device: torch.device) -> torch.memory_format:
-    """Channels-last in fast mode: cuDNN's and oneDNN's convolutions prefer it.
-    On the 2-core build machine (torch 2.14) the decoder's forward+backward at
-    256 px took 3.9 s in NCHW and 3.4 s channels-last, with folded upsampling
-    both times. An earlier measurement of the whole step had found
-    channels-last 1.4x slower on this CPU; re-measure after a torch upgrade."""
-    return torch.channels_last if settings.fast else torch.contiguous_format
+    """Channels-last in fast mode, which cuDNN's and oneDNN's convolutions
+    prefer, except where NNPACK runs the decoder's large convolutions: it reads
+    and writes NCHW, and on the 2-core build machine (torch 2.14) the decoder's
+    forward+backward at 256 px took 2.0 s in NCHW with NNPACK against 2.8 s
+    channels-last without it (and 2.9 s NCHW without it). An earlier
+    measurement of the whole step had found channels-last 1.4x slower on
+    this CPU; re-measure after a torch upgrade."""
+    if not settings.fast or nnpack_applies(settings, device):
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 @contextlib.contextmanager
@@ -197,8 +214,9 @@ def prepare_models(vqgan: VQGAN, perceptor: Perceptor, settings: RunSettings, de
         reuse_freed_memory()  # a 256-px decode frees and re-maps hundreds of MiB a step otherwise
     vqgan.to(device=device, memory_format=memory_format_for(settings, device))
     # Same maths, fewer or larger matrix products; measured on a CPU only so far (docs/vqgan_clip.md).
-    rewrite = settings.fast and (settings.rewrites == "on" or (settings.rewrites == "auto" and device.type != "cuda"))
+    rewrite = rewrites_apply(settings, device)
     vqgan.fold_upsampling(rewrite)
+    vqgan.fast_convolutions(nnpack_applies(settings, device))
     decode: Callable[[torch.Tensor], torch.Tensor] = vqgan.decode
     embed: Callable[[torch.Tensor], torch.Tensor] = functools.partial(perceptor.embed_images, batch_first=rewrite)
     use_compile = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")

@@ -32,6 +32,7 @@ import yaml
 from torch import nn
 
 from generators.errors import CorruptModel
+from generators.vqgan_clip import nnpack_conv
 
 VQMODEL_TARGETS = ("taming.models.vqgan.VQModel",)
 
@@ -155,6 +156,22 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
+class Conv3x3(nn.Conv2d):
+    """taming's 3x3, stride-1, padding-1 convolution (same parameters, same
+    state-dict names), which on a CPU can run through NNPACK's fast convolution
+    once :meth:`VQGAN.fast_convolutions` switches it on: the same linear map to
+    float rounding, fewer multiplications (:mod:`generators.vqgan_clip.nnpack_conv`)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 3, 1, 1)
+        self.nnpack = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nnpack and nnpack_conv.applies(x, self.weight, self.bias):
+            return nnpack_conv.conv3x3(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 # For each tap of a 4-tap, stride-2 transposed kernel: the taps of a 3-tap kernel
 # that land on the same input pixel once the input is upsampled 2x (nearest).
 _FOLDED_TAPS = ([2], [1, 2], [0, 1], [0])
@@ -175,7 +192,7 @@ def fold_upsample_conv(weight: torch.Tensor) -> torch.Tensor:
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.conv = Conv3x3(channels, channels)
         # Set by VQGAN.fold_upsampling: same maths, fewer multiply-adds (fold_upsample_conv).
         self.folded = False
         self._fold_cache: tuple[tuple, torch.Tensor] | None = None
@@ -216,10 +233,10 @@ class ResnetBlock(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = _norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
+        self.conv1 = Conv3x3(in_channels, out_channels)
         self.norm2 = _norm(out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
+        self.conv2 = Conv3x3(out_channels, out_channels)
         if in_channels != out_channels:
             # taming's VQModel always uses the 1x1 "nin" shortcut (conv_shortcut=False).
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
@@ -271,7 +288,7 @@ def _mid(channels: int, dropout: float) -> nn.Module:
 class Encoder(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, 1, 1)
+        self.conv_in = Conv3x3(cfg.in_channels, cfg.ch)
         in_mult = (1,) + cfg.ch_mult
         resolution = cfg.resolution
         self.down = nn.ModuleList()
@@ -289,7 +306,7 @@ class Encoder(nn.Module):
             self.down.append(level)
         self.mid = _mid(block_in, cfg.dropout)
         self.norm_out = _norm(block_in)
-        self.conv_out = nn.Conv2d(block_in, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, 3, 1, 1)
+        self.conv_out = Conv3x3(block_in, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -310,7 +327,7 @@ class Decoder(nn.Module):
         levels = len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
         resolution = cfg.resolution // 2 ** (levels - 1)
-        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, 1, 1)
+        self.conv_in = Conv3x3(cfg.z_channels, block_in)
         self.mid = _mid(block_in, cfg.dropout)
         ups: list[nn.Module] = []
         for i in reversed(range(levels)):
@@ -327,7 +344,7 @@ class Decoder(nn.Module):
             ups.insert(0, level)  # index i holds the level at resolution i, as in taming
         self.up = nn.ModuleList(ups)
         self.norm_out = _norm(block_in)
-        self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, 1, 1)
+        self.conv_out = Conv3x3(block_in, cfg.out_ch)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(z)
@@ -404,6 +421,19 @@ class VQGAN(nn.Module):
         for module in self.decoder.modules():
             if isinstance(module, Upsample):
                 module.folded = on
+
+    def fast_convolutions(self, on: bool = True) -> bool:
+        """Let the 3x3 convolutions run through NNPACK's fast convolution where
+        it pays (CPU, float32, feature maps of 64×64 and more, frozen weights:
+        :func:`nnpack_conv.applies`) or, with ``on=False``, always through
+        ``F.conv2d``. Returns whether NNPACK is there to be used: without it the
+        switch changes nothing. NNPACK wants NCHW tensors; channels-last inputs
+        are copied first, so switch the model to NCHW with it."""
+        usable = on and nnpack_conv.available()
+        for module in self.modules():
+            if isinstance(module, Conv3x3):
+                module.nnpack = usable
+        return usable
 
     @classmethod
     def from_checkpoint(cls, ckpt_path: str | Path, config_path: str | Path, *,
