@@ -152,3 +152,27 @@ def test_folded_kernel_follows_the_weight():
     reference = Upsample(4).requires_grad_(False)
     reference.load_state_dict(up.state_dict())
     assert _close(second, reference(x)) and not _close(second, first)
+
+
+def test_batch_first_tower_runs_the_last_block_for_the_class_token_only(tiny_perceptor):
+    """Only the class token's output is pooled: the last block's queries, output
+    projection and MLP for the other tokens are not computed, forward or backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    visual = tiny_perceptor.model.visual
+    batch, size = 4, tiny_perceptor.input_size
+    crops = torch.rand(batch, 3, size, size)
+
+    def flops(forward) -> int:
+        x = crops.clone().requires_grad_(True)
+        with FlopCounterMode(display=False) as counter:
+            forward(x).sum().backward()
+        return counter.get_total_flops()
+
+    width = visual.transformer.width
+    tokens = (size // visual.conv1.kernel_size[0]) ** 2 + 1
+    last = visual.transformer.resblocks[-1]
+    per_token = 2 * width * (width + width) + 2 * width * sum(p.shape[0] for n, p in last.mlp.named_parameters() if n.endswith("weight"))
+    # q and out projections plus the MLP, for the batch's non-class tokens, forward (1x) and input gradient (1x)
+    saved = 2 * batch * (tokens - 1) * per_token
+    assert flops(visual) - flops(lambda x: encode_image_batch_first(visual, x)) >= saved
