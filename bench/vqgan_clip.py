@@ -12,7 +12,9 @@ and prints one JSON document (also written to --out).
 
 On a GPU (and on the CPU with --flops) it also reports the FLOPs of one step
 (torch.utils.flop_counter) and the achieved TFLOP/s, against the GPU's data-sheet
-peak or the CPU's measured fp32 matrix-product rate (bench/machine.py).
+peak or the CPU's measured fp32 matrix-product rate (bench/machine.py). NNPACK's
+fast convolutions (the CPU fast path's decoder) count as the direct convolutions
+they compute, so a fast-path CPU rate can pass the matrix-product rate.
 """
 
 from __future__ import annotations

@@ -71,8 +71,9 @@ class RunSettings:
     # never takes an hour on a busy machine; the step it stopped at is reported,
     # and iterations = that step reproduces the image.
     time_budget_s: float = 0.0
-    # Speed switches (see docs/vqgan_clip.md): "fast" = batched cutouts and
-    # channels-last, and on a CPU the rewrites below (same maths); "precision" "auto" = bf16 autocast on CUDA, fp32 elsewhere;
+    # Speed switches (see docs/vqgan_clip.md): "fast" = batched cutouts,
+    # channels-last (NCHW where NNPACK runs) and, on a CPU, the rewrites below
+    # (same maths); "precision" "auto" = bf16 autocast on CUDA, fp32 elsewhere;
     # "compile" "auto" = torch.compile on CUDA only.
     fast: bool = True
     precision: str = "auto"
