@@ -30,7 +30,7 @@ import torch
 from generators.errors import InvalidRequest, ModelUnavailable
 from generators.registry import GenerationRequest, GenerationResult, register_generator
 from generators.vqgan_clip.cutouts import CutoutSettings
-from generators.vqgan_clip.optimise import RunSettings, StopRule, optimise
+from generators.vqgan_clip.optimise import RunSettings, StopRule, nnpack_applies, optimise
 from generators.vqgan_clip.prompts import parse_prompts
 
 if TYPE_CHECKING:
@@ -227,14 +227,25 @@ def estimate_memory(settings: RunSettings, device: torch.device) -> int:
     compile): 4.56 GiB measured at 480x480 with 32 cutouts against 3.66
     estimated, 5.05 against 4.33 with 64 cutouts. With 4 bytes the estimate is
     5.52 and 6.19 GiB: above both, by about a fifth (those runs used ~3.2
-    bytes a value). The CPU (fp32) estimate is unchanged: 3.78 GB at 256x256
-    with 32 cutouts against a 3.94-4.00 GB process peak, Python and its
-    libraries included (bench/results/vqgan_clip-cpu.json)."""
+    bytes a value). The CPU (fp32) estimate: 3.89 GB at 256x256 with 32
+    cutouts (NNPACK's workspace included) against a 3.99 GB process peak,
+    Python and its libraries included (bench/results/vqgan_clip-cpu.json).
+
+    Where NNPACK runs the decoder's convolutions (a CPU fast path), its
+    workspace comes on top and stays allocated: the transforms of the input
+    and output tiles of the largest convolution (128 channels at full size,
+    16x16 tiles that each cover 14x14 pixels) and of its kernel. Measured on
+    the build machine after one such convolution: 126 MB kept at 256x256,
+    298 MB at 480x480, 1.5 GB at 1024x1024; this counts 112, 338 and 1,453 MB."""
     clip_bytes = 2 if device.type == "cuda" and settings.precision != "fp32" else 4
     pixels = settings.width * settings.height
     decoder = settings.candidates * pixels * 128 * 4 * 34
     clip = settings.candidates * settings.cutouts.count * 45_000_000 * clip_bytes // 4
-    return int(decoder + clip + 1.2e9)
+    workspace = 0
+    if nnpack_applies(settings, device):
+        tiles = math.ceil(settings.width / 14) * math.ceil(settings.height / 14)
+        workspace = 2 * tiles * 256 * 128 * 4 + 128 * 128 * 256 * 4
+    return int(decoder + clip + workspace + 1.2e9)
 
 
 class VQGANCLIPGenerator:
