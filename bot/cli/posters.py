@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bot.cli.common import AppContext, emit_json, pass_app
+from bot.cli.common import AppContext, OutputFile, emit_json, pass_app
 
 
 @click.command("posters")
@@ -21,7 +21,7 @@ from bot.cli.common import AppContext, emit_json, pass_app
 @click.option("--mark/--no-mark", default=None, help="Small account-name mark (default: posters.mark).")
 @click.option("--city", help="City for the per-poster link (posters.link_template's {city}).")
 @click.option(
-    "--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The PDF to write."
+    "--out", "out_path", required=True, type=OutputFile(".pdf"), help="The PDF to write (FILE.pdf)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
@@ -52,6 +52,7 @@ def command(
         bot posters --post 20260301-180000-glacier-ab12 --size 500x700 --out one.pdf --json
     """
     from bot.posters import PosterOptions, render_posters, write_contact_sheet
+    from bot.posters.contact import check_contact_sheet_path, contact_sheet_path
     from bot.posters.render import check_options, check_out_path
     from bot.posters.select import Selection, check_link, poster_items, select_posts
 
@@ -69,11 +70,13 @@ def command(
     # 1. check the options and the link before reading the archive
     check_options(options)
     check_out_path(out_path)
+    sheet_path = contact_sheet_path(out_path)
+    check_contact_sheet_path(sheet_path)
     check_link(settings, city)
     # 2. select posts, 3. render the PDF and the contact sheet
     posts = select_posts(app.store, Selection(topic, post_ids, since, top))
     report = render_posters(poster_items(settings, posts, city), out_path, options)
-    sheet = write_contact_sheet(out_path, out_path.with_suffix(".contact.png"), [p.post_id or "" for p in report.pages])
+    sheet = write_contact_sheet(out_path, sheet_path, [p.post_id or "" for p in report.pages])
     _print(report, sheet, as_json)
 
 

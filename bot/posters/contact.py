@@ -9,17 +9,34 @@ drawing of it.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pypdfium2 as pdfium
 from PIL import Image, ImageDraw, ImageFont
 
+from bot.errors import BadInput
 from bot.store import atomic_write_bytes
 
 THUMB_HEIGHT = 420  # pixels per page thumbnail
 COLUMNS = 4
 PAD = 16
 LABEL_HEIGHT = 28
+
+
+def contact_sheet_path(pdf_path: Path) -> Path:
+    """Where the contact sheet of ``pdf_path`` goes: ``FILE.contact.png`` beside ``FILE.pdf``."""
+    return Path(pdf_path).with_suffix(".contact.png")
+
+
+def check_contact_sheet_path(path: Path) -> None:
+    """The sheet can be written; checked before the PDF is drawn, because a
+    sheet that fails afterwards leaves a PDF nobody has looked at behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"contact sheet {str(path)!r} is a folder; move it away or choose another --out name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BadInput(f"contact sheet {str(path)!r} exists and is not writable by this user")
 
 
 def write_contact_sheet(pdf_path: Path, out_path: Path, labels: list[str] | None = None) -> Path:

@@ -24,6 +24,13 @@ from bot.posters.model import Placement, PosterOptions
 
 Layout = Callable[[Canvas, Page, Image.Image, str, PosterOptions], Placement]
 
+# The mark's font: one of the PDF standard fonts, so nothing is embedded; it
+# draws only the Latin-1/cp1252 characters (see check_mark_text).
+MARK_FONT = "Helvetica-Bold"
+MARK_FONT_ENCODING = "cp1252"
+# Least space between the mark and the QR code's white plate.
+MARK_GAP_MM = 5.0
+
 _LAYOUTS: dict[str, tuple[Layout, str]] = {}
 
 
@@ -37,6 +44,26 @@ def get_layout(name: str) -> Layout:
         return _LAYOUTS[name][0]
     except KeyError:
         raise BadInput(f"layout {name!r} is not registered; allowed: {', '.join(sorted(_LAYOUTS))}") from None
+
+
+def check_mark_text(text: str) -> None:
+    """BadInput when the mark has characters the mark's font cannot draw: the
+    printer would get empty boxes (e.g. for Hangul or Cyrillic) on every poster."""
+    missing = sorted({char for char in text if not _drawable(char)})
+    if missing:
+        raise BadInput(
+            f"mark_text (account.name) {text!r} has characters the poster font ({MARK_FONT}) cannot draw: "
+            f"{' '.join(missing)}; allowed: Latin letters, digits and punctuation (Windows-1252), "
+            "or leave the mark off (posters.mark = false, --no-mark)"
+        )
+
+
+def _drawable(char: str) -> bool:
+    try:
+        char.encode(MARK_FONT_ENCODING)
+    except UnicodeEncodeError:
+        return False
+    return char.isprintable()
 
 
 def available_layouts() -> dict[str, str]:
@@ -72,7 +99,7 @@ def artwork_qr(canvas: Canvas, page: Page, image: Image.Image, url: str, options
     qr.draw(canvas, symbol, x, y, plate_pt)
     # 3. the optional mark, small, in the other corner of the same edge
     if options.mark and options.mark_text:
-        _draw_mark(canvas, page, options)
+        _draw_mark(canvas, page, options, plate_pt)
     return Placement(
         effective_dpi=round(prepared.effective_dpi(page), 2),
         upscale=round(prepared.upscale, 3),
@@ -85,12 +112,18 @@ def artwork_qr(canvas: Canvas, page: Page, image: Image.Image, url: str, options
     )
 
 
-def _draw_mark(canvas: Canvas, page: Page, options: PosterOptions) -> None:
-    """The mark: white text, 2 % of the short side tall, mostly opaque."""
+def _draw_mark(canvas: Canvas, page: Page, options: PosterOptions, plate_pt: float) -> None:
+    """The mark: white text, 2 % of the short side tall, mostly opaque; smaller
+    when a long account name would otherwise run under the QR code's plate
+    (and off the page), so it always ends a gap of MARK_GAP_MM before it."""
     x0, y0, x1, y1 = page.safe_box_pt
     size_pt = mm_to_pt(0.02 * min(page.trim_w_mm, page.trim_h_mm))
+    room_pt = (x1 - x0) - plate_pt - mm_to_pt(MARK_GAP_MM)
+    width_pt = canvas.stringWidth(options.mark_text, MARK_FONT, size_pt)
+    if width_pt > room_pt > 0:
+        size_pt *= room_pt / width_pt
     canvas.saveState()
-    canvas.setFont("Helvetica-Bold", size_pt)
+    canvas.setFont(MARK_FONT, size_pt)
     canvas.setFillColorRGB(1, 1, 1, alpha=0.85)
     on_right = options.qr_corner.endswith("left")
     on_top = options.qr_corner.startswith("top")

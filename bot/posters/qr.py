@@ -17,9 +17,9 @@ the module instead, from the geometry of a phone camera:
   light are counted (about 2 in ideal conditions);
 - so a module must be at least ~1.05 mm per metre of scanning distance.
 
-The account URL at level H is a version-4 code (33 modules): 2 m needs
-33 x 2.1 mm = 69 mm, which fits every page from A4 up without making the QR
-code, rather than the artwork, the poster. The code is drawn that size
+The account URL (37 bytes) at level H is a version-5 code (37 modules): 2 m
+needs 37 x 2.1 mm = 78 mm, which fits every page from A3 up without making
+the QR code, rather than the artwork, the poster. The code is drawn that size
 (``qr_distance_m``, default 2 m), capped to a fraction of the page's short side
 (35 % by default); the report states the distance each page's code is good for.
 """

@@ -22,7 +22,7 @@ from reportlab.pdfgen.canvas import Canvas
 from bot.errors import BadInput
 from bot.posters import qr
 from bot.posters.geometry import CROP_MARK_LENGTH_MM, Page, mm_to_pt, parse_size
-from bot.posters.layouts import Layout, get_layout  # importing it registers the built-in layouts
+from bot.posters.layouts import Layout, check_mark_text, get_layout  # importing it registers the built-in layouts
 from bot.posters.model import CORNERS, PageReport, Placement, PosterItem, PosterOptions, PosterReport
 
 # Print shops ask for 300 dpi; tests of things other than resolution may lower
@@ -89,6 +89,8 @@ def check_options(options: PosterOptions) -> tuple[Page, Layout]:
         raise BadInput(f"qr_max_fraction {options.qr_max_fraction!r}: must be in (0, 0.9]")
     if not options.qr_distance_m > 0:
         raise BadInput(f"qr_distance_m {options.qr_distance_m!r}: must be > 0")
+    if options.mark and options.mark_text:
+        check_mark_text(options.mark_text)
     page = Page(name, width, height, float(bleed), crop_marks=bool(options.crop_marks))
     need_w, need_h = page.artwork_px(options.dpi)
     if need_w * need_h > MAX_PIXELS:

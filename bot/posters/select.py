@@ -126,15 +126,33 @@ def check_link(settings: Settings, city: str | None) -> None:
                 "'https://example.org/p/{city}/{post_id}'"
             )
         return
-    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    unknown = fields - set(TEMPLATE_FIELDS)
-    if unknown:
-        raise ConfigError(
-            f"posters.link_template {template!r}: unknown placeholder(s) {', '.join(sorted(unknown))}; "
-            f"allowed: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
-        )
+    fields = template_fields(template)
     if "city" in fields and city is None:
         raise BadInput(f"posters.link_template {template!r} needs a city: add --city (e.g. --city berlin)")
+    if "city" not in fields and city is not None:
+        raise BadInput(
+            f"--city {city}: posters.link_template {template!r} has no {{city}} placeholder, so the QR codes "
+            "cannot carry a city; add {city} to it (e.g. 'https://example.org/p/{city}/{post_id}') or leave out --city"
+        )
+
+
+def template_fields(template: str) -> set[str]:
+    """The placeholders of ``posters.link_template``; ConfigError for a stray
+    brace or a placeholder other than {city}, {post_id} and {topic}, found here
+    rather than as a traceback from ``str.format`` halfway through the pages."""
+    allowed = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ConfigError(
+            f"posters.link_template {template!r}: {exc} (write a literal brace as {{{{ or }}}}); "
+            f"allowed placeholders: {allowed}"
+        ) from None
+    unknown = fields - set(TEMPLATE_FIELDS)
+    if unknown:
+        names = ", ".join(repr("{" + name + "}") for name in sorted(unknown))
+        raise ConfigError(f"posters.link_template {template!r}: unknown placeholder(s) {names}; allowed: {allowed}")
+    return fields
 
 
 def poster_url(settings: Settings, post: dict[str, Any], city: str | None) -> str:
