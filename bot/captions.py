@@ -73,32 +73,40 @@ def render_caption(
             account_name=account_name,
             account_url=account_url,
         )
-    except jinja2.TemplateNotFound:
-        raise TemplateError(f"{path}: caption template is missing") from None
+    except jinja2.TemplateNotFound as exc:
+        if exc.name == CAPTION_TEMPLATE:
+            raise TemplateError(f"{path}: caption template is missing") from None
+        # {% include %}, {% extends %} or {% import %} of a file that is not there
+        where = _where(exc.__traceback__, path)
+        raise TemplateError(
+            f"{where}: caption template uses {exc.name!r}, which is not in {templates_dir}"
+        ) from None
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{exc.filename or path}, line {exc.lineno}: broken caption template: {exc.message}") from None
     except Exception as exc:  # undefined variable, bad filter, error raised inside the template
-        line = _template_line(exc.__traceback__, path)
-        where = f"{path}, line {line}" if line else f"{path}"
+        where = _where(exc.__traceback__, path)
         raise TemplateError(f"{where}: caption template failed: {type(exc).__name__}: {exc}") from None
     return _tidy(text)
 
 
-def _template_line(tb: TracebackType | None, path: Path) -> int | None:
-    """The template line an exception was raised on. Jinja rewrites its
+def _where(tb: TracebackType | None, path: Path) -> str:
+    """``FILE, line N`` of the template line an exception was raised on, or
+    just ``path`` when no template frame is found. Jinja rewrites its
     tracebacks so that frames inside a template carry the template's file name
-    and line number; take the innermost such frame."""
-    line = None
-    target = str(path.resolve())
+    and line number; the innermost such frame is the line to fix, which may be
+    in a file the caption template includes rather than in the caption
+    template itself."""
+    folder = path.parent.resolve()
+    found: tuple[str, int] | None = None
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
         try:
-            if filename and Path(filename).resolve() == Path(target):
-                line = tb.tb_lineno
+            if filename and Path(filename).resolve().is_relative_to(folder) and Path(filename).is_file():
+                found = (filename, tb.tb_lineno)
         except (OSError, ValueError):
             pass
         tb = tb.tb_next
-    return line
+    return f"{found[0]}, line {found[1]}" if found else str(path)
 
 
 def _tidy(text: str) -> str:
