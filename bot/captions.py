@@ -1,7 +1,7 @@
 """Captions: render ``templates/caption.j2`` for a topic and check Instagram's limits.
 
-Instagram rejects a caption over 2,200 characters, 30 hashtags or 20
-@mentions, so :func:`check_caption` runs before anything is published and says
+Instagram rejects a caption over 2,200 characters, 5 hashtags (since
+December 2025; it was 30) or 20 @mentions, so :func:`check_caption` runs before anything is published and says
 which limit is broken and by how much.
 
     text = render_caption(topic, templates_dir=..., generator_label="VQGAN+CLIP",
@@ -23,7 +23,7 @@ from bot.topics import Topic
 CAPTION_TEMPLATE = "caption.j2"
 
 MAX_CHARACTERS = 2200
-MAX_HASHTAGS = 30
+MAX_HASHTAGS = 5
 MAX_MENTIONS = 20
 
 # Links and e-mail addresses are removed before counting, so that

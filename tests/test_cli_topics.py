@@ -72,7 +72,7 @@ def test_topics_show_coral_previews_caption_and_stats(state_dir):
     assert result.exit_code == 0, result.output
     assert "This is what a coral reef looks like for a computer." in result.output
     assert "Is your perception DSTRTD (distorted)?" in result.output
-    assert "/2,200 characters" in result.output and "/30 hashtags" in result.output
+    assert "/2,200 characters" in result.output and "/5 hashtags" in result.output
     for fact in load_topics(TEMPLATES)["coral"].facts:
         assert fact.url in result.output  # sources listed below the preview
 
@@ -84,7 +84,7 @@ def test_topics_show_json(state_dir):
     assert data["slug"] == "night-sky" and data["within_limits"] is True
     assert "the night sky looks like for a computer" in data["caption"]
     assert data["stats"]["characters"] == len(data["caption"].encode("utf-16-le")) // 2
-    assert data["limits"] == {"characters": 2200, "hashtags": 30, "mentions": 20}
+    assert data["limits"] == {"characters": 2200, "hashtags": 5, "mentions": 20}
     assert len(data["sources"]) == len(load_topics(TEMPLATES)["night-sky"].facts)
 
 
@@ -216,12 +216,12 @@ def test_availability_in_the_table(test_templates):
 
 def test_show_over_limit_prints_preview_and_fails(test_templates):
     folder, _ = test_templates
-    (folder / "caption.j2").write_text("{{ subject }} " + "#tag " * 31 + "\n", encoding="utf-8")
+    (folder / "caption.j2").write_text("{{ subject }} " + "#tag " * 6 + "\n", encoding="utf-8")
     result = invoke("topics", "show", "ready")
     assert "a ready thing" in result.output
-    assert "31/30 hashtags" in result.output
+    assert "6/5 hashtags" in result.output
     assert isinstance(result.exception, CaptionTooLong)
-    assert "31 hashtags, 1 over Instagram's limit of 30" in str(result.exception)
+    assert "6 hashtags, 1 over Instagram's limit of 5" in str(result.exception)
 
 
 def test_show_with_broken_template(test_templates):
