@@ -216,7 +216,7 @@ def _poster_settings(settings: Settings) -> dict[str, Any]:
     that the planning check tests exactly what the render step uses."""
     posters = settings.posters
     return {"size": posters.size, "bleed_mm": posters.bleed_mm, "dpi": posters.dpi, "layout": posters.layout,
-            "mark": posters.mark}
+            "mark": posters.mark, "mark_text": settings.account.name}
 
 
 def _plan_for(settings: Settings, topics: dict[str, Topic], post: dict[str, Any], progress: ProgressCallback | None) -> Plan:

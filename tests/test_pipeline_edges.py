@@ -95,3 +95,28 @@ def test_crash_right_after_the_image_was_saved_reuses_it(state_dir: Path, templa
     assert post["status"] == "published" and post["seed"] == 11
     assert [h["status"] for h in post["history"]][:2] == ["planned", "generated"]
     assert len(outbox_entries(state_dir)) == 1
+
+
+def test_posters_of_posts_carry_the_account_name_as_their_mark(state_dir: Path, templates: Path, capsys, monkeypatch) -> None:
+    """With posters.mark on, a post's poster used to say "DSTRTD" whatever
+    account.name was: the pipeline never passed the name on."""
+    import pypdfium2 as pdfium
+
+    monkeypatch.setenv("BOT_POSTERS_MARK", "true")
+    monkeypatch.setenv("BOT_ACCOUNT_NAME", "Reef Watch Kiel")
+    code, _, err = run_bot(capsys, "post", "--topic", "reef")
+    assert code == 0, err
+    (post,) = records(state_dir)
+    pdf = pdfium.PdfDocument(str(state_dir / "archive" / post["id"] / "poster.pdf"))
+    assert "Reef Watch Kiel" in pdf[0].get_textpage().get_text_range()
+
+
+def test_a_mark_the_poster_font_cannot_draw_is_refused_before_generating(
+    state_dir: Path, templates: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("BOT_POSTERS_MARK", "true")
+    monkeypatch.setenv("BOT_ACCOUNT_NAME", "산호초 지킴이")
+    code, _, err = run_bot(capsys, "post", "--topic", "reef")
+    assert code == 2 and "account.name" in err, err
+    assert PatternGenerator.calls == []
+    assert_nothing_changed(state_dir)

@@ -44,11 +44,12 @@ def render_poster(
     dpi: int = 300,
     layout: str = "artwork-qr",
     mark: bool = False,
+    mark_text: str = PosterOptions.mark_text,
     crop_marks: bool = False,
 ) -> PosterReport:
     """Write a one-page poster of ``image`` with a QR code to ``url``."""
     options = PosterOptions(
-        size=size, bleed_mm=bleed_mm, dpi=dpi, layout=layout, mark=mark, crop_marks=crop_marks
+        size=size, bleed_mm=bleed_mm, dpi=dpi, layout=layout, mark=mark, mark_text=mark_text, crop_marks=crop_marks
     )
     return render_posters([PosterItem(image=image, url=url)], Path(out_path), options)
 
