@@ -120,3 +120,16 @@ def test_a_mark_the_poster_font_cannot_draw_is_refused_before_generating(
     assert code == 2 and "account.name" in err, err
     assert PatternGenerator.calls == []
     assert_nothing_changed(state_dir)
+
+
+@pytest.mark.parametrize("url", ["www.instagram.com/dstrtd.art/", "instagram.com/dstrtd.art"])
+def test_an_account_url_without_its_scheme_is_refused_before_generating(
+    state_dir: Path, templates: Path, capsys, monkeypatch, url: str
+) -> None:
+    """A QR code of 'instagram.com/...' is offered by many phone cameras as
+    text, not as a link: every poster of the run would lead nowhere."""
+    monkeypatch.setenv("BOT_ACCOUNT_URL", url)
+    code, _, err = run_bot(capsys, "post", "--topic", "reef")
+    assert code == 2 and "account.url" in err and "https://" in err, err
+    assert PatternGenerator.calls == []
+    assert_nothing_changed(state_dir)

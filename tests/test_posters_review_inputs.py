@@ -129,3 +129,17 @@ def test_long_mark_ends_before_the_qr_plate_and_the_code_still_scans(tmp_path, m
     assert first_left >= page.safe_box_pt[0] - 1
     decoded = zxingcpp.read_barcodes(pdf_page.render(scale=2).to_pil())
     assert [b.text for b in decoded] == [ACCOUNT_URL]
+
+
+@pytest.mark.parametrize(("variable", "value", "named"), [
+    ("BOT_POSTERS_LINK_TEMPLATE", "example.org/p/{post_id}", "posters.link_template"),
+    ("BOT_ACCOUNT_URL", "instagram.com/dstrtd.art", "account.url"),
+])
+def test_a_link_without_its_scheme_is_refused_naming_the_setting(archive, tmp_path, capsys, monkeypatch, variable, value, named):
+    """A code of 'example.org/...' is offered by many phone cameras as text, not as a link."""
+    monkeypatch.setenv(variable, value)
+    out = tmp_path / "p.pdf"
+    code, _, stderr = run(capsys, "posters", "--out", str(out))
+    assert code == 2, stderr
+    assert named in stderr and "https://" in stderr
+    assert not out.exists()

@@ -70,6 +70,7 @@ def encode(url: str) -> QRSymbol:
     torn: street posters get both) and a 4-module quiet zone."""
     if not url or not url.strip():
         raise BadInput("url is empty; the QR code needs an address (account.url or posters.link_template)")
+    check_scheme(url)
     code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_H, border=QUIET_ZONE_MODULES)
     code.add_data(url)
     try:
@@ -84,6 +85,16 @@ def encode(url: str) -> QRSymbol:
             "use a shorter link"
         )
     return QRSymbol(url=url, version=code.version, matrix=code.get_matrix())
+
+
+def check_scheme(url: str, name: str = "url") -> None:
+    """BadInput unless ``url`` starts with https:// or http://: without the
+    scheme many phone cameras offer the code as plain text, not as a link."""
+    if not url.strip().lower().startswith(("https://", "http://")):
+        raise BadInput(
+            f"{name} {url[:60]!r} does not start with https:// (or http://); a phone camera may read the "
+            f"code as plain text instead of a link: write it in full, e.g. 'https://{url.strip()[:40]}'"
+        )
 
 
 def code_width_mm(short_side_mm: float, modules: int, *, distance_m: float, max_fraction: float) -> float:

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from bot.config import Settings
 from bot.errors import BadInput, ConfigError
+from bot.posters import qr
 from bot.posters.model import PosterItem
 from bot.store import Store, parse_iso
 
@@ -125,7 +126,9 @@ def check_link(settings: Settings, city: str | None) -> None:
                 "cannot carry a city; set it (BOT_POSTERS_LINK_TEMPLATE), e.g. "
                 "'https://example.org/p/{city}/{post_id}'"
             )
+        qr.check_scheme(settings.account.url, "account.url")
         return
+    qr.check_scheme(template, "posters.link_template")
     fields = template_fields(template)
     if "city" in fields and city is None:
         raise BadInput(f"posters.link_template {template!r} needs a city: add --city (e.g. --city berlin)")
