@@ -147,3 +147,16 @@ def test_memory_estimate_counts_nnpacks_workspace(monkeypatch):
     # measured on the build machine: 1.5 GB kept after one 128-channel 1024x1024 convolution
     assert 1.3e9 < with_nnpack - without < 1.7e9
     assert estimate_memory(RunSettings(width=1024, height=1024, rewrites="off"), torch.device("cpu")) == without
+
+
+@needs_nnpack
+def test_a_compiled_cpu_run_keeps_nnpack_off():
+    """torch.compile cannot trace the NNPACK op (it has no shape function): a
+    CPU run with compile "on" failed at its first step with the rewrites on."""
+    torch.manual_seed(0)
+    perceptor = load_clip(register_tiny_clip(), None)
+    model = VQGAN(TINY_VQGAN_CONFIG).eval().requires_grad_(False)
+    settings = RunSettings(fast=True, compile="on", rewrites="auto")
+    prepare_models(model, perceptor, settings, torch.device("cpu"))  # compiles lazily: nothing is traced here
+    assert not any(m.nnpack for m in model.modules() if isinstance(m, Conv3x3))
+    assert memory_format_for(settings, torch.device("cpu")) == torch.channels_last

@@ -136,10 +136,17 @@ def rewrites_apply(settings: RunSettings, device: torch.device) -> bool:
     return settings.fast and (settings.rewrites == "on" or (settings.rewrites == "auto" and device.type != "cuda"))
 
 
+def compile_applies(settings: RunSettings, device: torch.device) -> bool:
+    """Whether this run compiles the decoder and the image encoder (fast path only)."""
+    return settings.fast and (settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda"))
+
+
 def nnpack_applies(settings: RunSettings, device: torch.device) -> bool:
     """Whether the decoder's large 3x3 convolutions run through NNPACK: a CPU
-    run with the rewrites on, in a torch build that has NNPACK."""
-    return device.type == "cpu" and rewrites_apply(settings, device) and nnpack_conv.available()
+    run with the rewrites on and not compiled (the NNPACK op has no shape
+    function, so torch.compile cannot trace it), in a torch build that has NNPACK."""
+    return (device.type == "cpu" and rewrites_apply(settings, device) and not compile_applies(settings, device)
+            and nnpack_conv.available())
 
 
 def memory_format_for(settings: RunSettings, device: torch.device) -> torch.memory_format:
@@ -220,8 +227,7 @@ def prepare_models(vqgan: VQGAN, perceptor: Perceptor, settings: RunSettings, de
     vqgan.fast_convolutions(nnpack_applies(settings, device))
     decode: Callable[[torch.Tensor], torch.Tensor] = vqgan.decode
     embed: Callable[[torch.Tensor], torch.Tensor] = functools.partial(perceptor.embed_images, batch_first=rewrite)
-    use_compile = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
-    if settings.fast and use_compile:
+    if compile_applies(settings, device):
         decode = torch.compile(vqgan.decode, dynamic=False)
         embed = torch.compile(embed, dynamic=False)
     return decode, embed
