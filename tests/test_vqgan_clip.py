@@ -17,9 +17,9 @@ from generators.vqgan_clip.prompts import parse_prompts
 from support import vqgan_bot_config
 
 
-def _request(prompts: str = "coral reef", seed: int = 1, **options) -> GenerationRequest:
+def _request(prompts: str = "coral reef", seed: int = 1, size: int = 32, **options) -> GenerationRequest:
     base = {"iterations": 10, "cutouts": 8, "stop": "none"}
-    return GenerationRequest(prompts=prompts, seed=seed, size=32, device="cpu", options={**base, **options})
+    return GenerationRequest(prompts=prompts, seed=seed, size=size, device="cpu", options={**base, **options})
 
 
 def _loaded(generator, request):
@@ -51,10 +51,12 @@ def test_progress_reports_every_step_with_the_loss(generator):
     assert [s[2] for s in seen] == pytest.approx(result.loss_curve)
 
 
-def test_same_seed_same_image_other_seed_other_image(generator):
-    a = generator.generate(_request(seed=5, iterations=5))
-    b = generator.generate(_request(seed=5, iterations=5))
-    c = generator.generate(_request(seed=6, iterations=5))
+# 64 px: the tiny decoder's last level is 64x64, where the CPU fast path runs NNPACK
+@pytest.mark.parametrize("size", [32, 64])
+def test_same_seed_same_image_other_seed_other_image(generator, size):
+    a = generator.generate(_request(seed=5, iterations=5, size=size))
+    b = generator.generate(_request(seed=5, iterations=5, size=size))
+    c = generator.generate(_request(seed=6, iterations=5, size=size))
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
     assert a.loss_curve == b.loss_curve
     assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
