@@ -36,6 +36,7 @@ says what it would have held. One failing job never stops the scheduler.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -47,7 +48,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -63,6 +64,12 @@ from bot.store import Store, atomic_write_text, exclusive, iso, parse_iso, utcno
 log = logging.getLogger("bot.daemon")
 
 HEARTBEAT_FILE = "heartbeat.json"
+# The ``runs`` table is the daemon's job log (the full log is on stdout): keep
+# its newest rows only. The hourly engagement job alone adds 8,760 rows a year,
+# and every store write rewrites the whole file.
+RUNS_KEPT = 2000
+# A job running longer than this is stuck, whatever the grace period says.
+MIN_BUSY_LIMIT_SECONDS = 3600.0
 # Slot statuses after which the slot is never started again.
 SLOT_FINAL = frozenset({"done", "failed", "paused", "expired"})
 # Post statuses the daemon may mark failed after its last attempt: nothing was
@@ -92,8 +99,18 @@ def read_heartbeat(state_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def heartbeat_health(heartbeat: dict[str, Any] | None, *, max_age_seconds: float, now: datetime | None = None) -> tuple[bool, str]:
-    """(healthy, why): healthy when a running daemon ticked within ``max_age_seconds``."""
+def heartbeat_health(
+    heartbeat: dict[str, Any] | None,
+    *,
+    max_age_seconds: float,
+    max_busy_seconds: float | None = None,
+    now: datetime | None = None,
+) -> tuple[bool, str]:
+    """(healthy, why): healthy when a running daemon ticked within
+    ``max_age_seconds`` and none of its jobs has been running for longer than
+    ``max_busy_seconds``. The heartbeat is written by the main thread, so it
+    keeps ticking while a job hangs (a network call that never returns, a
+    deadlock): only the job's start time, kept in ``busy``, shows that."""
     if heartbeat is None:
         return False, "no heartbeat file: the daemon has not started here"
     status = heartbeat.get("status")
@@ -105,11 +122,38 @@ def heartbeat_health(heartbeat: dict[str, Any] | None, *, max_age_seconds: float
         return False, f"the daemon is {status} (pid {heartbeat.get('pid')}, {age:.0f} s ago)"
     if age > max_age_seconds:
         return False, f"the heartbeat is {age:.0f} s old (limit {max_age_seconds:.0f} s): the daemon is stuck or gone"
-    return True, f"the daemon (pid {heartbeat.get('pid')}) ticked {age:.0f} s ago"
+    busy = _busy_jobs(heartbeat, now or utcnow())
+    if max_busy_seconds is not None:
+        for job, since, seconds in busy:
+            if seconds > max_busy_seconds:
+                return False, (f"the {job} job has been running for {seconds:.0f} s, since {since} "
+                               f"(limit {max_busy_seconds:.0f} s): it is stuck; restart the daemon "
+                               "(the post resumes where it stopped)")
+    doing = "; ".join(f"{job} job running for {seconds:.0f} s" for job, _since, seconds in busy) or "idle"
+    return True, f"the daemon (pid {heartbeat.get('pid')}) ticked {age:.0f} s ago ({doing})"
+
+
+def _busy_jobs(heartbeat: dict[str, Any], now: datetime) -> list[tuple[str, str, float]]:
+    """(job, since, seconds running) of each job the heartbeat says is running."""
+    found = []
+    for job, about in sorted((heartbeat.get("busy") or {}).items()):
+        try:
+            since = about["since"]
+            found.append((job, since, (now - parse_iso(since)).total_seconds()))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return found
 
 
 def default_max_age(settings: Settings) -> float:
     return 3 * settings.schedule.heartbeat_seconds
+
+
+def default_max_busy(settings: Settings) -> float:
+    """How long one job may run before the daemon counts as stuck: the grace
+    period (a post still running then has outlived its slot), at least an hour
+    (a VQGAN+CLIP post on a CPU takes up to its 40-minute budget)."""
+    return max(float(settings.schedule.grace_seconds), MIN_BUSY_LIMIT_SECONDS)
 
 
 # -- the daemon ---------------------------------------------------------------
@@ -134,6 +178,8 @@ class Daemon:
         self._heartbeat_lock = threading.RLock()  # re-entrant: a signal handler may beat mid-beat
         self._scheduler: BackgroundScheduler | None = None
         self._heartbeat: dict[str, Any] = {}
+        self._busy: dict[str, dict[str, Any]] = {}  # job -> since, slot: what runs now
+        self._busy_lock = threading.Lock()
         self._last_failed = False
         # 1. check inputs before anything runs
         self._check_settings()
@@ -249,6 +295,20 @@ class Daemon:
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
+    @contextlib.contextmanager
+    def _running(self, job: str, **about: Any) -> Iterator[None]:
+        """Mark ``job`` as running in the heartbeat (``busy``) for the block, so
+        that `bot healthcheck` tells a daemon stuck in a job from an idle one."""
+        with self._busy_lock:
+            self._busy[job] = {"since": iso(utcnow()), **about}
+        self._beat()
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy.pop(job, None)
+            self._beat()
+
     # the post job -------------------------------------------------------------------
 
     def _post_job(self) -> None:
@@ -313,7 +373,7 @@ class Daemon:
         effort), never in an exception reaching APScheduler. Nothing is lost by
         it: a slot left ``started`` is resumed on the next start, and the
         pipeline never posts a post twice."""
-        with self._post_lock:  # one post at a time in this process
+        with self._post_lock, self._running("post", slot=slot):  # one post at a time in this process
             started = time.monotonic()
             if self._stop.is_set():
                 self._record_run("post", started=started, slot=slot, outcome="not-started", error=self._stop_reason)
@@ -397,6 +457,10 @@ class Daemon:
         self._update_slot(slot, topic_choice={"order": choice.order, "strategy": choice.strategy, "reason": choice.reason})
         skipped: list[str] = []
         for topic in choice.order:
+            # Trying the next topic starts a new post: not after a shutdown was
+            # asked for (SIGTERM while earlier topics were being passed over).
+            if self._stop.is_set():
+                raise ShutdownRequested(self._stop_reason)
             try:
                 return run_post(self.settings, self.store, topic=topic, slot=slot, manual=False, progress=self._progress)
             except Exception as exc:
@@ -478,6 +542,10 @@ class Daemon:
     # the engagement job -------------------------------------------------------------
 
     def _engagement_job(self) -> None:
+        with self._running("engagement"):
+            self._collect_engagement()
+
+    def _collect_engagement(self) -> None:
         started = time.monotonic()
         try:
             engagement = importlib.import_module("bot.engagement")
@@ -488,13 +556,16 @@ class Daemon:
             self._record_run("engagement", started=started, outcome="unavailable", error="bot.engagement is missing")
             return
         try:
-            result = engagement.collect_engagement(self.settings, self.store)
+            # stop= lets SIGTERM end a long collection between two posts (each
+            # snapshot is stored as taken), within the container's stop timeout
+            result = engagement.collect_engagement(self.settings, self.store, stop=self._stop.is_set)
         except Exception as exc:  # contained: the scheduler keeps running
             log.error("engagement: failed: %s: %s", type(exc).__name__, exc)
             self._record_run("engagement", started=started, outcome="failed", error=f"{type(exc).__name__}: {exc}")
             return
-        log.info("engagement: collected (%s)", _summary(result))
-        self._record_run("engagement", started=started, outcome="collected", details=_summary(result))
+        summary = _engagement_summary(result)
+        log.info("engagement: collected (%s)", summary)
+        self._record_run("engagement", started=started, outcome="collected", details=summary)
 
     # records and heartbeat -------------------------------------------------------------
 
@@ -523,7 +594,7 @@ class Daemon:
             "pid": os.getpid(),
         }
         try:
-            self.store.insert("runs", row)
+            self.store.insert("runs", row, keep_last=RUNS_KEPT)
         except Exception as exc:  # a broken store must not kill the job thread silently
             log.error("daemon: cannot record the %s run (outcome %s%s) in the store: %s: %s", job, outcome,
                       f", error {error}" if error else "", type(exc).__name__, exc)
@@ -552,6 +623,8 @@ class Daemon:
         next_runs = self._next_runs()
         with self._heartbeat_lock:
             self._heartbeat.update(changes)
+            with self._busy_lock:
+                self._heartbeat["busy"] = {job: dict(about) for job, about in self._busy.items()}
             self._heartbeat.update(
                 pid=os.getpid(),
                 last_tick=iso(utcnow()),
@@ -577,8 +650,13 @@ def _is_bad_input(exc: BaseException) -> bool:
     return isinstance(exc, (BadInput, InvalidRequest, ModelUnavailable))
 
 
-def _summary(result: Any) -> Any:
-    if isinstance(result, (dict, list, str, int, float)) or result is None:
+def _engagement_summary(result: Any) -> Any:
+    """What a collection run is recorded with: how many snapshots, of which
+    posts. The snapshots themselves (with Instagram's raw insights) are on the
+    posts already; a copy in every run row only made the store grow."""
+    if isinstance(result, list):
+        return {"snapshots": len(result), "post_ids": [s.get("post_id") for s in result if isinstance(s, dict)]}
+    if isinstance(result, (dict, str, int, float)) or result is None:
         return result
     return repr(result)
 

@@ -30,7 +30,7 @@ import logging
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bot.config import Settings
 from bot.errors import MediaGone, PublishCoolDown, PublishError, PublishPaused
@@ -74,11 +74,19 @@ def _published_at(post: dict[str, Any]) -> datetime | None:
 # -- collecting ----------------------------------------------------------------------
 
 
-def collect_engagement(settings: Settings, store: Store, *, now: datetime | None = None) -> list[dict[str, Any]]:
+def collect_engagement(
+    settings: Settings,
+    store: Store,
+    *,
+    now: datetime | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> list[dict[str, Any]]:
     """Take the snapshots that are due; returns them (each with its ``post_id``).
 
     Every snapshot is stored as soon as it is taken, so stopping early loses
-    none. When Instagram asks to slow down, it stops and returns what it took
+    none. ``stop`` (the daemon's shutdown flag) is asked before each post: a
+    daemon back after weeks may have dozens of posts due, a few seconds of
+    requests each, longer than a container's stop timeout. When Instagram asks to slow down, it stops and returns what it took
     (the next run carries on). When the login is refused or a challenge needs a
     person, it raises :class:`PublishPaused` saying so and that `bot login`
     fixes it: a run that could read nothing must not look like a quiet success.
@@ -101,6 +109,10 @@ def collect_engagement(settings: Settings, store: Store, *, now: datetime | None
         business = bool(getattr(publisher.account, "is_business", False))
         # 3. one snapshot per due post, appended
         for post, slot in due:
+            if stop is not None and stop():
+                log.info("engagement: stopping for shutdown after %d snapshot(s); the rest are taken on the next run",
+                         len(taken))
+                break
             try:
                 snapshot = _snapshot(publisher, client, post, slot, business, moment)
             except MediaGone as exc:
@@ -220,34 +232,53 @@ def engagement_summary(store: Store) -> dict[str, Any]:
     return {"posts": posts, "topics": {slug: dict(values) for slug, values in sorted(topics.items())}}
 
 
-def plot_engagement(store: Store, out_path: Path) -> Path:
-    """A PNG with one panel per topic: likes (solid) and comments (dashed) of
-    each post against hours since publication."""
-    import matplotlib
+# Posts drawn per topic panel: after a year a topic has 60+ posts, and one line
+# and legend entry each made an unreadable chart that took most of a minute.
+CHART_POSTS_PER_TOPIC = 8
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[str, list[float], list[int], list[int]]]] = defaultdict(list)
-    for post in store.posts(status="published"):
+def chart_series(store: Store, per_topic: int = CHART_POSTS_PER_TOPIC) -> dict[str, dict[str, Any]]:
+    """Per topic: its ``per_topic`` most recently published posts with
+    snapshots, as (post id, hours since publication, likes, comments), oldest
+    first, and ``total``, how many posts with snapshots the topic has."""
+    series: dict[str, dict[str, Any]] = defaultdict(lambda: {"total": 0, "posts": []})
+    for post in store.posts(status="published"):  # oldest first
         published = _published_at(post)
         snapshots = sorted(post.get("engagement") or [], key=lambda s: s["taken_at"])
         if published is None or not snapshots:
             continue
         hours = [(parse_iso(s["taken_at"]) - published).total_seconds() / 3600 for s in snapshots]
-        series[post["topic"]].append((post["id"], hours, [s.get("likes") or 0 for s in snapshots],
-                                      [s.get("comments") or 0 for s in snapshots]))
+        entry = series[post["topic"]]
+        entry["total"] += 1
+        entry["posts"].append((post["id"], hours, [s.get("likes") or 0 for s in snapshots],
+                               [s.get("comments") or 0 for s in snapshots]))
+        del entry["posts"][:-per_topic]
+    return dict(series)
+
+
+def plot_engagement(store: Store, out_path: Path) -> Path:
+    """A PNG with one panel per topic: likes (solid) and comments (dashed) of
+    its most recent posts (``CHART_POSTS_PER_TOPIC``) against hours since
+    publication. ``bot engagement --json`` has every post's numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = chart_series(store)
     topics = sorted(series) or ["(no engagement yet)"]
-    fig, axes = plt.subplots(len(topics), 1, figsize=(8, 2.8 * len(topics)), squeeze=False)
+    fig, axes = plt.subplots(len(topics), 1, figsize=(11, 2.8 * len(topics)), squeeze=False)
     for ax, topic in zip(axes[:, 0], topics):
-        for post_id, hours, likes, comments in series.get(topic, []):
-            line, = ax.plot(hours, likes, marker="o", label=f"{post_id} likes")
-            ax.plot(hours, comments, linestyle="--", marker=".", color=line.get_color(), label=f"{post_id} comments")
-        ax.set_title(topic)
+        entry = series.get(topic, {"total": 0, "posts": []})
+        for post_id, hours, likes, comments in entry["posts"]:
+            line, = ax.plot(hours, likes, marker="o", label=post_id)
+            ax.plot(hours, comments, linestyle="--", marker=".", color=line.get_color())
+        shown = len(entry["posts"])
+        ax.set_title(topic if shown == entry["total"] else f"{topic} (latest {shown} of {entry['total']} posts)")
         ax.set_xlabel("hours since publication")
-        ax.set_ylabel("count")
-        if series.get(topic):
-            ax.legend(fontsize="x-small")
+        ax.set_ylabel("likes (solid), comments (dashed)", fontsize="small")
+        if entry["posts"]:
+            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -221,7 +221,7 @@ def test_a_failing_engagement_job_is_contained_and_recorded(once, monkeypatch: p
 
     daemon = once(BOT_SCHEDULE_CRON="0 0 1 1 *")
 
-    def broken(settings, store):
+    def broken(settings, store, **options):
         raise RuntimeError("the API changed")
 
     monkeypatch.setattr(bot.engagement, "collect_engagement", broken)

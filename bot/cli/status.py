@@ -13,16 +13,18 @@ ATTENTION = ("planned", "generated", "rendered", "publishing", "cooling_down", "
 
 def collect_status(app: AppContext) -> dict[str, Any]:
     """Everything `bot status` shows, as plain data."""
-    from bot.daemon import default_max_age, heartbeat_health, read_heartbeat, recent_runs, slot_rows
+    from bot.daemon import default_max_age, default_max_busy, heartbeat_health, read_heartbeat, recent_runs, slot_rows
     from bot.store import parse_iso, utcnow
 
     settings, store = app.settings, app.store
     heartbeat = read_heartbeat(settings.paths.state)
-    healthy, why = heartbeat_health(heartbeat, max_age_seconds=default_max_age(settings))
+    healthy, why = heartbeat_health(heartbeat, max_age_seconds=default_max_age(settings),
+                                    max_busy_seconds=default_max_busy(settings))
     age = None
     if heartbeat and heartbeat.get("last_tick"):
         age = round((utcnow() - parse_iso(heartbeat["last_tick"])).total_seconds(), 1)
-    posts = [p for p in store.posts() if p["status"] in ATTENTION]
+    everything = store.posts()  # one read of the store: it is the slow part after years of posts
+    posts = [p for p in everything if p["status"] in ATTENTION]
     return {
         "daemon": {
             "healthy": healthy,
@@ -42,7 +44,7 @@ def collect_status(app: AppContext) -> dict[str, Any]:
             }
             for p in posts
         ],
-        "published": len(store.posts(status="published")),
+        "published": sum(1 for p in everything if p["status"] == "published"),
         "slots": slot_rows(store)[:5],
         "runs": recent_runs(store, 5),
         "alerts": _alerts(heartbeat, healthy, why, posts) + store.rows("alerts")[-10:],
