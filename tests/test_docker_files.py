@@ -133,11 +133,44 @@ def test_secrets_never_reach_the_build_context() -> None:
     for pattern in (".venv", "state", ".git", "bot.toml", "*.env", "docker/bot.env"):
         assert pattern in ignored
     assert "/docker/bot.env" in (REPO / ".gitignore").read_text().split()
-    example = (REPO / "docker" / "bot.env.example").read_text()
-    names = [line.split("=")[0] for line in example.splitlines() if line and not line.startswith("#")]
-    settings = load_settings(environ={n: "" for n in names if n.startswith("BOT_INSTAGRAM")})  # all known keys
-    assert settings.instagram.password == ""
-    assert all(line.endswith("=") for line in example.splitlines() if "PASSWORD" in line or "TOTP" in line)
+    assignments = _example_assignments(commented_too=True)
+    secrets = {n: v for n, v in assignments.items() if n.startswith(("BOT_INSTAGRAM_PASSWORD", "BOT_INSTAGRAM_TOTP_SEED"))}
+    assert secrets and all(v == "" for v in secrets.values()), "the example holds no secret value"
+
+
+def _example_assignments(*, commented_too: bool) -> dict[str, str]:
+    """NAME -> value of the env example's lines (``# NAME=value`` too, when asked)."""
+    found = {}
+    for line in (REPO / "docker" / "bot.env.example").read_text().splitlines():
+        match = re.fullmatch(r"(#\s*)?(BOT_[A-Z_]+)=(.*)", line.strip())
+        if match and (commented_too or not match.group(1)):
+            found[match.group(2)] = match.group(3)
+    return found
+
+
+def test_every_variable_of_the_env_example_is_a_setting_of_the_bot() -> None:
+    import dataclasses
+
+    from bot.config import Settings
+
+    known = {f"BOT_{section.upper()}_{f.name.upper()}" for section in ("paths", "account", "publish", "posters", "instagram", "schedule")
+             for f in dataclasses.fields(getattr(Settings(), section))}
+    for name in _example_assignments(commented_too=True):
+        assert name.removesuffix("_FILE") in known, f"{name} in docker/bot.env.example is no setting of the bot"
+
+
+def test_the_env_example_copied_as_it_is_lets_a_password_file_through(tmp_path: Path) -> None:
+    """The example used to set BOT_INSTAGRAM_PASSWORD= (empty); an empty
+    variable is a value, so a BOT_INSTAGRAM_PASSWORD_FILE added beside it (as
+    docs/docker.md says to do with Docker secrets) was never read, and the bot
+    quietly posted to the outbox instead of Instagram."""
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    environ = {**_example_assignments(commented_too=False), "BOT_INSTAGRAM_USERNAME": "dstrtd.art",
+               "BOT_INSTAGRAM_PASSWORD_FILE": str(secret)}
+    settings = load_settings(environ=environ)
+    assert settings.instagram.password == "s3cret" and settings.has_instagram_credentials
+    assert settings.schedule.cron == "0 18 * * *"
 
 
 # -- the commands the image runs, on this machine -----------------------------------
