@@ -26,3 +26,27 @@ def test_count_flops_counts_forward_and_backward_products() -> None:
 def test_cpu_sgemm_rate_is_a_positive_rate() -> None:
     rate = cpu_sgemm_gflops(n=128, repeats=3)
     assert 0.1 < rate < 1e5
+
+
+def test_count_flops_counts_nnpack_convolutions_as_the_direct_ones() -> None:
+    """The CPU fast path's decoder runs NNPACK; uncounted, its FLOPs would vanish from the bench."""
+    from generators.vqgan_clip import nnpack_conv
+
+    if not nnpack_conv.available():
+        return
+    x, weight = torch.randn(1, 16, 64, 64), torch.randn(8, 16, 3, 3)
+    direct = count_flops(lambda: torch.nn.functional.conv2d(x, weight, padding=1))
+    assert count_flops(lambda: nnpack_conv.conv3x3(x, weight, None)) == direct == 2 * 8 * 64 * 64 * 16 * 9
+
+
+def test_store_growth_fills_a_store_a_daemon_would_leave(tmp_path) -> None:
+    from bench.store_growth import fill
+    from bot.daemon import RUNS_KEPT
+    from bot.store import Store
+
+    store = Store(tmp_path / "state")
+    counts = fill(store, days=3, per_day=2)
+    posts = store.posts()
+    assert counts["posts"] == len(posts) == 6 and counts["runs"] == len(store.rows("runs")) == RUNS_KEPT
+    assert all(post["status"] == "published" and post["engagement"] for post in posts)
+    assert counts["snapshots"] == sum(len(post["engagement"]) for post in posts)
