@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -55,7 +59,7 @@ def command(as_json: bool, **options) -> None:
     from generators.gan import TrainConfig, train
 
     config = TrainConfig(**options)
-    with progress_bar("train") as progress:
+    with progress_bar("train") as progress, sigterm_as_interrupt():
         summary = train(config, progress=progress)
     if as_json:
         emit_json(summary)
@@ -63,3 +67,22 @@ def command(as_json: bool, **options) -> None:
     click.echo(f"model: {summary['out']} (best epoch {summary['best']['epoch'] if summary['best'] else '-'})")
     for warning in summary["warnings"]:
         click.echo(f"warning: {warning}")
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """`kill`, `docker stop` and systemd stop a run with SIGTERM, which would end
+    the process without a word: treat it as Ctrl-C, so that the run says which
+    epoch its checkpoint holds and how to resume."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread only
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -13,7 +13,7 @@ from generators.gan.data import make_crops
 from generators.gan.diagnostics import diagnose
 from generators.gan.models import ARCHS, DEFAULT_ARCH, ModelSpec
 from generators.gan.sample import LoadedModel, load_model, sample, sample_to_dir
-from generators.gan.train import ARCH_DEFAULTS, TrainConfig, train
+from generators.gan.train import ARCH_DEFAULTS, TrainConfig, TrainingStopped, train
 
 __all__ = [
     "ARCHS",
@@ -22,6 +22,7 @@ __all__ = [
     "LoadedModel",
     "ModelSpec",
     "TrainConfig",
+    "TrainingStopped",
     "diagnose",
     "load_model",
     "make_crops",

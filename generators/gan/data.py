@@ -13,6 +13,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ from generators.errors import InvalidRequest
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+#: Most crops one call cuts: more is a typo, and would fill the disk with files.
+MAX_CROPS = 100_000
 CACHE_VERSION = 1
 
 
@@ -145,10 +148,9 @@ def load_images(data_dir: Path, size: int, cache_dir: Path | None = None) -> tup
             reasons.append(f"{len(report.too_small)} smaller than --img-size {size} (e.g. {report.too_small[0]})")
         if report.unreadable:
             reasons.append(f"{len(report.unreadable)} unreadable (e.g. {report.unreadable[0]})")
-        raise InvalidRequest(
-            f"--data {str(data_dir)!r}: no usable image: {'; '.join(reasons) or 'all duplicates'}; "
-            f"images must be at least {size}x{size} pixels (lower --img-size or use larger images)"
-        )
+        # the size hint only when size is the problem: a folder of broken files is not fixed by a smaller --img-size
+        hint = f"; images must be at least {size}x{size} pixels (lower --img-size or use larger images)" if report.too_small else "; give a folder of readable jpg/png/webp images"
+        raise InvalidRequest(f"--data {str(data_dir)!r}: no usable image: {'; '.join(reasons) or 'all duplicates'}{hint}")
     _log_skipped(data_dir, report)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), report
 
@@ -171,8 +173,13 @@ def update_cache(images: torch.Tensor, report: DatasetReport) -> None:
         report.cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = report.cache_file.with_suffix(".tmp")
         saved = {k: v for k, v in report.__dict__.items() if k not in ("cached", "cache_file")}
-        torch.save({"images": images, "report": saved}, tmp)
-        tmp.replace(report.cache_file)
+        try:
+            torch.save({"images": images, "report": saved}, tmp)
+            tmp.replace(report.cache_file)
+        except OSError as exc:  # a full disk: the cache only saves decoding time, so train without it
+            tmp.unlink(missing_ok=True)
+            log.warning("could not write the data cache %s (%s); the next run decodes the images again", report.cache_file, exc)
+            return
     for old in report.cache_file.parent.glob("data-*.pt"):
         if old != report.cache_file:
             old.unlink()
@@ -188,18 +195,19 @@ def to_uint8(batch: torch.Tensor) -> torch.Tensor:
     return batch.detach().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def make_crops(source: Path, out_dir: Path, size: int, count: int, seed: int = 0) -> dict:
+def make_crops(source: Path, out_dir: Path, size: int, count: int, seed: int = 0, progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> dict:
     """Cut ``count`` random ``size``x``size`` crops out of one large image into
     ``out_dir`` as PNG files (``crop-00000.png`` ...). Seeded, so the same
-    arguments give the same crops. Returns a summary dict."""
+    arguments give the same crops. Returns a summary dict; ``progress(done, count, {})``
+    is called after each crop."""
     if source.is_dir():
         raise InvalidRequest(f"--from {str(source)!r}: is a folder; give one large image file")
     if not source.is_file():
         raise InvalidRequest(f"--from {str(source)!r}: no such file")
     if size < 8:
         raise InvalidRequest(f"--size {size}: must be at least 8 pixels")
-    if count < 1:
-        raise InvalidRequest(f"--count {count}: must be at least 1")
+    if not (1 <= count <= MAX_CROPS):
+        raise InvalidRequest(f"--count {count}: must be from 1 to {MAX_CROPS}")
     if seed < 0:
         raise InvalidRequest(f"--seed {seed}: must be at least 0")
     try:
@@ -220,6 +228,8 @@ def make_crops(source: Path, out_dir: Path, size: int, count: int, seed: int = 0
         left = int(rng.integers(0, width - size + 1))
         top = int(rng.integers(0, height - size + 1))
         image.crop((left, top, left + size, top + size)).save(out_dir / f"crop-{i:05d}.png")
+        if progress:
+            progress(i + 1, count, {})
     summary = {"source": str(source), "out": str(out_dir), "size": size, "count": count, "seed": seed}
     (out_dir / "crops.json").write_text(json.dumps(summary, indent=2))
     return summary

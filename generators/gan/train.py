@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import time
 from contextlib import contextmanager
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from generators.errors import CorruptModel, InvalidRequest
+from generators.errors import CorruptModel, GeneratorError, InvalidRequest
 from generators.gan import diagnostics
 from generators.gan.augment import DEFAULT_POLICY, check_policy, diff_augment
 from generators.gan.data import load_images, to_float, to_uint8, update_cache
@@ -60,6 +61,19 @@ MIN_IMAGES = 4  # KID and the diversity ratio compare two halves of the data, ea
 #: size the convolutional architectures are the only sensible choice.
 MLP_MAX_SIZE = 128
 Progress = Callable[[int, int, dict[str, Any]], None]
+#: Everything a run writes into its model folder (``*.tmp`` files are its
+#: half-written ones). A new run refuses a folder holding anything else, so that
+#: it never overwrites a user's own config.json, report.json or samples/.
+MODEL_FOLDER_NAMES = frozenset({
+    "config.json", "generator.safetensors", "generator-last.safetensors", "checkpoint.pt", PREVIOUS_CHECKPOINT,
+    LOCK_FILE, "cache", "metrics.jsonl", "samples", "loss_curve.png", "report.json", "report.png",
+})
+
+
+class TrainingStopped(GeneratorError):
+    """Training stopped before its last epoch (an interrupt, a full disk, a
+    read-only folder). The message says which epoch the checkpoint holds and how
+    to go on from it; nothing before that epoch is lost."""
 
 # Per-architecture optimiser defaults, from each paper (and the second seed's
 # PyTorch-GAN runs): Adam 2e-4 (0.5, 0.999) for GAN/DCGAN (Radford et al.),
@@ -159,7 +173,7 @@ def check_config(config: TrainConfig) -> tuple[Resolved, dict | None]:
     for name in ("ema_kimg", "gp_lambda"):
         value = getattr(config, name)
         if value is not None and not (value >= 0 and math.isfinite(value)):
-            raise InvalidRequest(f"--{name.replace('_', '-')} {value}: must be 0 or more")
+            raise InvalidRequest(f"--{name.replace('_', '-')} {value}: must be 0 or more (a finite number)")
     check_device(config.device)
     check_folders(config.data, config.out)
     if config.batch_size is not None and config.batch_size < 2:
@@ -177,8 +191,10 @@ def check_config(config: TrainConfig) -> tuple[Resolved, dict | None]:
             check_policy(config.augment)
         except ValueError as exc:
             raise InvalidRequest(f"--augment {config.augment!r}: {exc}") from exc
-    if config.clip_value is not None and config.clip_value <= 0:
-        raise InvalidRequest(f"--clip-value {config.clip_value}: must be positive")
+    if config.clip_value is not None and not (config.clip_value > 0 and math.isfinite(config.clip_value)):
+        raise InvalidRequest(f"--clip-value {config.clip_value}: must be a finite number above 0")
+    if config.new_data and not config.resume:
+        raise InvalidRequest("--new-data: only means something with --resume (a new run trains on --data anyway); add --resume or leave --new-data out")
 
     checkpoint_path = config.out / "checkpoint.pt"
     checkpoint = None
@@ -195,7 +211,25 @@ def check_config(config: TrainConfig) -> tuple[Resolved, dict | None]:
         resolved = _resolve_new(config)
     if config.out.exists() and not config.out.is_dir():
         raise InvalidRequest(f"--out {str(config.out)!r}: exists and is not a folder")
+    if not config.resume:
+        check_new_model_folder(config.out)
     return resolved, checkpoint
+
+
+def check_new_model_folder(out: Path) -> None:
+    """A new run writes config.json, report.json, samples/... into ``--out``: a
+    folder holding anything else (a user's photos, notes, another tool's
+    config.json) is refused rather than overwritten. What an earlier run
+    interrupted before its first checkpoint left there is fine."""
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in MODEL_FOLDER_NAMES and not p.name.endswith(".tmp"))
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InvalidRequest(
+            f"--out {str(out)!r}: is not empty and not a model folder (it holds {shown}); "
+            "a run would overwrite files there, so choose a new or empty folder (e.g. models/gan/NAME)"
+        )
 
 
 def check_device(device: str) -> None:
@@ -452,7 +486,7 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
     ``checkpoint-prev.pt`` (a hard link, so no copy of a large file), and only
     then renamed over. Months of training must not hang on one file."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
+    with _removed_on_failure(tmp), tmp.open("wb") as handle:
         torch.save(checkpoint, handle)
         handle.flush()
         os.fsync(handle.fileno())
@@ -484,9 +518,21 @@ def training_lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _removed_on_failure(tmp: Path) -> Iterator[None]:
+    """Delete a half-written temporary file when writing it fails: on a full
+    disk a partial checkpoint would otherwise keep the space the next try needs."""
+    try:
+        yield
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _atomic_text(text: str, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with _removed_on_failure(tmp):
+        tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -494,7 +540,8 @@ def export_generator(G: nn.Module, path: Path, metadata: dict[str, str]) -> None
     """Generator weights only, as safetensors (what sampling and the bundle need)."""
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu().contiguous().clone() for k, v in G.state_dict().items()}
-    save_file(state, str(tmp), metadata=metadata)
+    with _removed_on_failure(tmp):
+        save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
@@ -559,10 +606,39 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
     # 2. one trainer per model folder, then the loop
     with training_lock(config.out):
         data = {"path": str(config.data), "images": len(images), "digest": digest}
-        return _fit(config, resolved, checkpoint, images, data, data_report.to_dict(), progress)
+        start = checkpoint["epoch"] if checkpoint else 0
+        position = RunPosition(epoch=start + 1, saved=start)
+        try:
+            return _fit(config, resolved, checkpoint, images, data, data_report.to_dict(), progress, position)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by `bot train`
+            raise TrainingStopped(f"training interrupted during epoch {position.epoch} of {config.epochs}; {_how_to_go_on(config, position)}") from None
+        except OSError as exc:  # a full disk, a folder made read-only, a network share gone
+            raise TrainingStopped(
+                f"could not write to --out {str(config.out)!r} during epoch {position.epoch} of {config.epochs} ({exc}); "
+                f"free some space or make the folder writable, then {_how_to_go_on(config, position)}"
+            ) from exc
 
 
-def _fit(config: TrainConfig, resolved: Resolved, checkpoint: dict | None, images: torch.Tensor, data: dict, data_report: dict, progress: Progress | None) -> dict[str, Any]:
+@dataclass
+class RunPosition:
+    """Where a run is: the epoch being trained and the last one whose checkpoint
+    is on disk, so that a stopped run can say what is kept and how to go on."""
+
+    epoch: int
+    saved: int
+
+
+def _how_to_go_on(config: TrainConfig, position: RunPosition) -> str:
+    """The command that continues a stopped run (or why there is nothing to continue)."""
+    if position.saved == 0:
+        return "no epoch had finished, so nothing was saved: run the same command again (without --resume)"
+    return (
+        f"{str(config.out / 'checkpoint.pt')!r} holds epoch {position.saved}, intact; continue with "
+        f"`bot train --data {shlex.quote(str(config.data))} --out {shlex.quote(str(config.out))} --epochs {config.epochs} --resume`"
+    )
+
+
+def _fit(config: TrainConfig, resolved: Resolved, checkpoint: dict | None, images: torch.Tensor, data: dict, data_report: dict, progress: Progress | None, position: RunPosition) -> dict[str, Any]:
     spec = resolved.spec
     device = resolve_device(config.device)
 
@@ -594,6 +670,7 @@ def _fit(config: TrainConfig, resolved: Resolved, checkpoint: dict | None, image
             best = None
             log.warning("training on changed data (--new-data): the best-checkpoint search starts again")
         history = _metrics_history(metrics_path, checkpoint)
+        log.info("resuming %s from epoch %d (step %d) to epoch %d", config.out, start_epoch, step, config.epochs)
     else:
         metrics_path.unlink(missing_ok=True)
     _atomic_text(json.dumps({"spec": spec.to_dict(), "hyper": resolved.hyper(), "data": str(config.data), "data_report": data_report}, indent=2), config.out / "config.json")
@@ -609,6 +686,7 @@ def _fit(config: TrainConfig, resolved: Resolved, checkpoint: dict | None, image
     # of the loop itself comes from the CPU RNG, so the stream (and a resume) does
     # not depend on the device; augmentation and noise draw on the device.
     for epoch in range(start_epoch + 1, config.epochs + 1):
+        position.epoch = epoch
         started = time.perf_counter()
         sums = {"g_loss": 0.0, "d_loss": 0.0, "d_acc_real": 0.0, "d_acc_fake": 0.0}
         d_steps = g_steps = 0
@@ -698,6 +776,7 @@ def _fit(config: TrainConfig, resolved: Resolved, checkpoint: dict | None, image
         if device.type == "cuda":
             checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device)
         save_checkpoint(checkpoint, config.out / "checkpoint.pt")
+        position.saved = epoch
         if report is not None:
             _write_report(report, history, evaluations, best, config.out)
         log.info("epoch %d/%d %s", epoch, config.epochs, json.dumps(row))
@@ -748,4 +827,4 @@ def config_fields() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
-__all__ = ["TrainConfig", "train", "read_checkpoint", "ARCH_DEFAULTS", "asdict"]
+__all__ = ["TrainConfig", "TrainingStopped", "train", "read_checkpoint", "ARCH_DEFAULTS", "asdict"]
