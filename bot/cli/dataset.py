@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bot.cli.common import OutputFolder, emit_json
+from bot.cli.common import OutputFolder, emit_json, progress_bar
 
 
 @click.group("dataset")
@@ -22,7 +22,7 @@ def command() -> None:
 @command.command("crops")
 @click.option("--from", "source", required=True, type=click.Path(path_type=Path), help="A large image.")
 @click.option("--size", type=int, default=64, show_default=True, help="Crop size in pixels.")
-@click.option("--count", type=int, default=500, show_default=True, help="Number of crops.")
+@click.option("--count", type=int, default=500, show_default=True, help="Number of crops (1 to 100000).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Crops are the same for the same seed.")
 @click.option("--out", required=True, type=OutputFolder(), help="Empty or new folder for crop-NNNNN.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -36,7 +36,8 @@ def crops(source: Path, size: int, count: int, seed: int, out: Path, as_json: bo
     """
     from generators.gan import make_crops
 
-    summary = make_crops(source, out, size, count, seed)
+    with progress_bar("crops") as progress:
+        summary = make_crops(source, out, size, count, seed, progress=progress)
     if as_json:
         emit_json(summary)
         return

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from PIL import Image
@@ -33,6 +35,10 @@ WEIGHTS = "generator.safetensors"
 #: keeps as generator.safetensors) or the last epoch's.
 WEIGHT_FILES = {"best": WEIGHTS, "last": "generator-last.safetensors"}
 MAX_OUTPUT_SIZE = 4096
+#: Most images one call draws: more is a typo (an extra zero or three), and it
+#: would fill the disk for hours before anyone noticed.
+MAX_SAMPLES = 10_000
+Progress = Callable[[int, int, dict[str, Any]], None]
 #: How much larger than its training crops a spatial-latent model draws. The
 #: structures keep their training scale (a galaxy stays 2-10 px), so a larger
 #: canvas shows more of them; 4x (512 px from the 128-px Hubble model, 2.6x
@@ -64,6 +70,13 @@ def check_model(model_dir: Path, weights: str = "best") -> None:
     if weights not in WEIGHT_FILES:
         raise InvalidRequest(f"--weights {weights!r}: choose one of {', '.join(WEIGHT_FILES)}")
     filename = WEIGHT_FILES[weights]
+    if weights == "best" and (model_dir / "config.json").exists() and (model_dir / WEIGHT_FILES["last"]).exists() and not (model_dir / filename).exists():
+        # a run stopped before its first evaluation: trained, but with no best generator yet
+        raise ModelUnavailable(
+            f"{str(model_dir)!r} has no evaluated generator yet ({filename} is written at the run's first evaluation, "
+            f"every --eval-every epochs); sample the last epoch's generator with --weights last "
+            f"(in a topic: weights = \"last\"), or train on with `bot train --data DIR --out {model_dir} --resume`"
+        )
     if not (model_dir / filename).exists() or not (model_dir / "config.json").exists():
         raise ModelUnavailable(
             f"no trained GAN at {str(model_dir)!r} (needs config.json and {filename}); train one with "
@@ -100,8 +113,9 @@ def load_model(model_dir: Path, weights: str = "best") -> LoadedModel:
 
 
 def check_sample_args(n: int, seed: int, size: int | None) -> None:
-    if n < 1:
-        raise InvalidRequest(f"--n {n}: must be at least 1")
+    """Bad ``n``, ``seed`` or ``size`` as :class:`InvalidRequest`, before any work."""
+    if not (1 <= n <= MAX_SAMPLES):
+        raise InvalidRequest(f"--n {n}: must be from 1 to {MAX_SAMPLES}")
     if not (0 <= seed <= MAX_SEED - (n - 1)):
         raise InvalidRequest(f"--seed {seed}: must be from 0 to {MAX_SEED - (n - 1)} (image i uses seed SEED+i, at most {MAX_SEED})")
     if size is not None and not (16 <= size <= MAX_OUTPUT_SIZE):
@@ -156,17 +170,44 @@ def drawn_images(model: LoadedModel, seeds: list[int], scale: int = 1) -> list[I
     return [Image.fromarray(t.permute(1, 2, 0).numpy()) for t in sample_tensor(model, seeds, scale)]
 
 
-def sample_to_dir(model_dir: Path, out_dir: Path, n: int, seed: int, size: int | None = None, weights: str = "best") -> list[Path]:
-    """Write ``sample-<seed>.png`` files; returns their paths."""
+def sample_to_dir(model_dir: Path, out_dir: Path, n: int, seed: int, size: int | None = None, weights: str = "best", progress: Progress | None = None) -> list[Path]:
+    """Write ``sample-<seed>.png`` files, one as soon as it is drawn (an
+    interrupted run keeps what it drew, and memory does not grow with ``n``);
+    returns their paths. Files already there are never overwritten: they may
+    come from another model, and a lost image cannot be drawn again."""
     check_sample_args(n, seed, size)
+    paths = [out_dir / f"sample-{seed + i}.png" for i in range(n)]
+    check_not_taken(paths, out_dir, seed, n)
     model = load_model(model_dir, weights)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, image in enumerate(sample(model, n, seed, size)):
-        path = out_dir / f"sample-{seed + i}.png"
-        image.save(path)
-        paths.append(path)
+    scale = native_scale(model.spec, size)
+    for i, path in enumerate(paths):
+        image = drawn_images(model, [seed + i], scale)[0]
+        _save_png(upscale(image, size) if size else image, path)
+        if progress:
+            progress(i + 1, n, {})
     return paths
+
+
+def check_not_taken(paths: list[Path], out_dir: Path, seed: int, n: int) -> None:
+    """:class:`InvalidRequest` when ``--out`` already holds one of the files to write."""
+    taken = [p.name for p in paths if p.exists()]
+    if taken:
+        raise InvalidRequest(
+            f"--out {str(out_dir)!r}: already holds {len(taken)} of the {n} files to write (e.g. {taken[0]}); "
+            f"nothing is overwritten: choose another --out, or a --seed from {seed + n} on for new images"
+        )
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write through a temporary name, so that an interrupt never leaves a
+    half-written sample that looks like a finished one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def resolve_model_dir(model: str, models_dir: str | Path | None) -> Path:
