@@ -44,7 +44,6 @@ Run: ``python bench/gan_train.py --steps 6 --out bench/results/gan_train-cpu.jso
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
@@ -56,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.machine import count_flops, cpu_sgemm_gflops  # noqa: E402
+from bench.machine import count_flops, cpu_sgemm_gflops, write_report  # noqa: E402
 from generators import host_memory  # noqa: E402
 from generators.gan.models import ModelSpec, build_discriminator, build_generator  # noqa: E402
 
@@ -244,11 +243,7 @@ def main() -> None:
         "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if args.device == "cuda" else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "variants": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

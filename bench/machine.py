@@ -10,8 +10,10 @@ is roughly the shortest time a step of the same maths can take here.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,6 +29,16 @@ def cpu_sgemm_gflops(n: int = 2048, repeats: int = 7) -> float:
         a @ b
         rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
     return statistics.median(rates)
+
+
+def write_report(report: dict, out: Path | None) -> None:
+    """Print a benchmark's JSON document and, with ``out``, write it there too
+    (the form bench/results/ keeps)."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
 
 
 def _nnpack_convolution_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:

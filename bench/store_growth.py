@@ -15,7 +15,6 @@ Prints one JSON document (also written with --out).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
@@ -27,6 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import write_report  # noqa: E402
 from bot.daemon import RUNS_KEPT  # noqa: E402
 from bot.store import Store, iso  # noqa: E402
 
@@ -149,11 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "results": [measure(days, args.posts_per_day, args.repeats) for days in args.days],
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
     return report
 
 

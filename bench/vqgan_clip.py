@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import count_flops, cpu_sgemm_gflops  # noqa: E402
+from bench.machine import count_flops, cpu_sgemm_gflops, write_report  # noqa: E402
 from generators import host_memory  # noqa: E402
 from generators.vqgan_clip.clip_model import load_clip  # noqa: E402
 from generators.vqgan_clip.cutouts import CutoutSettings  # noqa: E402
@@ -216,11 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "results": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
     return report
 
 
