@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fake_instagram.harness import run_cli
+from fake_instagram.harness import publish_two_posts, run_cli
 
 from bot.config import load_settings
 from bot.engagement import collect_engagement, due_slot, engagement_summary, plot_engagement
@@ -92,11 +92,7 @@ def test_a_refused_login_stops_collection_and_says_to_run_bot_login(fake, tmp_pa
 
 
 def test_a_challenge_mid_run_keeps_the_snapshots_taken_and_fails(fake, tmp_path):
-    assert run_cli("post", "--topic", "reef")[0] == 0
-    assert run_cli("post", "--topic", "ice")[0] == 0
-    settings = load_settings()
-    store = Store(settings.paths.state)
-    first, second = store.posts()
+    settings, store, first, second = publish_two_posts()
     fake.fail(f"/media/{second['publication']['extra']['media_pk']}/info/", "challenge_required")
     published = parse_iso(second["publication"]["published_at"])
     with pytest.raises(PublishPaused, match="bot login") as info:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from fake_instagram.harness import run_cli
+from fake_instagram.harness import publish_two_posts, run_cli
 
 from bot import scheduling
 from bot.config import load_settings
@@ -14,11 +14,7 @@ from bot.store import Store, parse_iso
 
 
 def _two_posts_first_deleted(fake):
-    assert run_cli("post", "--topic", "reef")[0] == 0
-    assert run_cli("post", "--topic", "ice")[0] == 0
-    settings = load_settings()
-    store = Store(settings.paths.state)
-    first, second = store.posts()
+    settings, store, first, second = publish_two_posts()
     with fake.lock:  # the artist deleted the first post in the app
         fake.medias = [m for m in fake.medias if m["id"] != first["publication"]["media_id"]]
     return settings, store, first, second

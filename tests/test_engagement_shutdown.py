@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fake_instagram.harness import run_cli
+from fake_instagram.harness import publish_two_posts
 
 from bot.config import load_settings
 from bot.engagement import collect_engagement
@@ -17,11 +17,7 @@ from bot.store import Store, parse_iso
 
 
 def test_a_shutdown_stops_collection_between_posts_and_the_next_run_takes_the_rest(fake, tmp_path):
-    assert run_cli("post", "--topic", "reef")[0] == 0
-    assert run_cli("post", "--topic", "ice")[0] == 0
-    settings = load_settings()
-    store = Store(settings.paths.state)
-    first, second = store.posts()
+    settings, store, first, second = publish_two_posts()
     later = parse_iso(second["publication"]["published_at"]) + timedelta(hours=2)
     asked = []
 

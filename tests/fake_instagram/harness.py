@@ -65,6 +65,20 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def publish_two_posts() -> tuple[Any, Any, dict, dict]:
+    """Post a reef and an ice image to the fake (environment already set);
+    returns the settings, the store and the two post records, oldest first."""
+    from bot.config import load_settings
+    from bot.store import Store
+
+    assert run_cli("post", "--topic", "reef")[0] == 0
+    assert run_cli("post", "--topic", "ice")[0] == 0
+    settings = load_settings()
+    store = Store(settings.paths.state)
+    first, second = store.posts()
+    return settings, store, first, second
+
+
 def _as_click(main: Any):
     """Wrap :func:`bot.cli.main` (which maps errors to exit codes) as a click
     command so CliRunner can capture its output and exit code."""
