@@ -94,3 +94,36 @@ def test_dataset_crops_refuses_a_huge_count_and_reports_progress(tmp_path: Path,
     seen: list[tuple[int, int]] = []
     make_crops(HUBBLE, tmp_path / "d", size=16, count=3, progress=lambda done, total, info: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_an_interrupted_crops_run_can_be_run_again_into_the_same_folder(tmp_path: Path) -> None:
+    """An interrupt left crop files and no crops.json; the rerun was refused as
+    'not empty' and the user had to clear the folder by hand."""
+    out = tmp_path / "crops"
+
+    def interrupt_after_three(done: int, total: int, info: dict) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_crops(HUBBLE, out, size=16, count=6, seed=2, progress=interrupt_after_three)
+    assert sorted(p.name for p in out.iterdir()) == ["crop-00000.png", "crop-00001.png", "crop-00002.png"]
+
+    summary = make_crops(HUBBLE, out, size=16, count=6, seed=2)
+    assert summary["count"] == 6
+    assert sorted(p.name for p in out.iterdir()) == [f"crop-{i:05d}.png" for i in range(6)] + ["crops.json"]
+    fresh = tmp_path / "fresh"
+    make_crops(HUBBLE, fresh, size=16, count=6, seed=2)
+    assert all((out / f"crop-{i:05d}.png").read_bytes() == (fresh / f"crop-{i:05d}.png").read_bytes() for i in range(6))
+
+
+@pytest.mark.parametrize("other", ["notes.txt", "crops.json"])
+def test_a_folder_with_anything_else_is_still_refused(tmp_path: Path, other: str) -> None:
+    """A finished crops folder (it has crops.json) or one holding a user's file is never cleared."""
+    out = tmp_path / "crops"
+    out.mkdir()
+    (out / "crop-00000.png").write_bytes(b"mine")
+    (out / other).write_text("keep me")
+    with pytest.raises(Exception, match="is not empty"):
+        make_crops(HUBBLE, out, size=16, count=2, seed=0)
+    assert (out / other).read_text() == "keep me" and (out / "crop-00000.png").read_bytes() == b"mine"

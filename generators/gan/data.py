@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 #: Most crops one call cuts: more is a typo, and would fill the disk with files.
 MAX_CROPS = 100_000
+#: The files make_crops writes before its crops.json (temporary names included).
+_CROP_FILE = re.compile(r"\.?crop-\d{5}\.png(\.tmp)?|crops\.json\.tmp")
 CACHE_VERSION = 1
 
 
@@ -219,17 +223,32 @@ def make_crops(source: Path, out_dir: Path, size: int, count: int, seed: int = 0
     if width < size or height < size:
         raise InvalidRequest(f"--size {size}: larger than the image ({width}x{height})")
     if out_dir.exists() and any(out_dir.iterdir()):
-        # Training reads a folder recursively: crops added to a folder of other
-        # images (or of earlier crops) would silently change that data set.
-        raise InvalidRequest(f"--out {str(out_dir)!r}: is not empty; choose an empty or new folder")
+        if not _unfinished_crops(out_dir):
+            # Training reads a folder recursively: crops added to a folder of other
+            # images (or of earlier crops) would silently change that data set.
+            raise InvalidRequest(f"--out {str(out_dir)!r}: is not empty; choose an empty or new folder")
+        # Only what an interrupted run of this command left (crops, no crops.json): start it again.
+        for partial in out_dir.iterdir():
+            partial.unlink()
+        log.info("%s: removed the crops of an interrupted run; cutting them again", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
         left = int(rng.integers(0, width - size + 1))
         top = int(rng.integers(0, height - size + 1))
-        image.crop((left, top, left + size, top + size)).save(out_dir / f"crop-{i:05d}.png")
+        # through a temporary name: an interrupt never leaves a cut-off crop that looks finished
+        path, tmp = out_dir / f"crop-{i:05d}.png", out_dir / f".crop-{i:05d}.png.tmp"
+        image.crop((left, top, left + size, top + size)).save(tmp, format="PNG")
+        os.replace(tmp, path)
         if progress:
             progress(i + 1, count, {})
     summary = {"source": str(source), "out": str(out_dir), "size": size, "count": count, "seed": seed}
-    (out_dir / "crops.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "crops.json.tmp").write_text(json.dumps(summary, indent=2))
+    os.replace(out_dir / "crops.json.tmp", out_dir / "crops.json")  # written last: its presence marks a finished run
     return summary
+
+
+def _unfinished_crops(folder: Path) -> bool:
+    """Whether ``folder`` holds only what an interrupted :func:`make_crops` left:
+    crop files (finished or temporary) and no ``crops.json``."""
+    return all(_CROP_FILE.fullmatch(entry.name) and entry.is_file() for entry in folder.iterdir())
