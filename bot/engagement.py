@@ -86,8 +86,9 @@ def collect_engagement(
     Every snapshot is stored as soon as it is taken, so stopping early loses
     none. ``stop`` (the daemon's shutdown flag) is asked before each post: a
     daemon back after weeks may have dozens of posts due, a few seconds of
-    requests each, longer than a container's stop timeout. When Instagram asks to slow down, it stops and returns what it took
-    (the next run carries on). When the login is refused or a challenge needs a
+    requests each, longer than a container's stop timeout. When Instagram
+    asks to slow down, it stops and returns what it took (the next run
+    carries on). When the login is refused or a challenge needs a
     person, it raises :class:`PublishPaused` saying so and that `bot login`
     fixes it: a run that could read nothing must not look like a quiet success.
     A post whose media is gone is recorded as gone (see the module docstring).
