@@ -190,3 +190,30 @@ def test_a_data_cache_that_cannot_be_written_does_not_stop_training(crops: Path,
     assert _epochs(out) == [1]
     assert not list((out / "cache").iterdir())  # no partial cache left behind
     assert "could not write the data cache" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_are_laid_on_black_not_on_what_an_editor_left_under_them(mode: str) -> None:
+    """Dropping the alpha channel kept the hidden colour under transparent
+    pixels (here bright green), which differs from file to file."""
+    from PIL import Image
+
+    from generators.gan.data import to_rgb
+
+    rgba = Image.new("RGBA", (4, 2), (0, 255, 0, 0))  # fully transparent, green underneath
+    rgba.putpixel((0, 0), (200, 100, 50, 255))  # one opaque pixel
+    rgba.putpixel((1, 0), (200, 100, 50, 128))  # one half-transparent pixel
+    if mode == "LA":
+        image = rgba.convert("LA")
+    elif mode == "P":
+        image = Image.new("P", (4, 2), 1)
+        image.putpalette([200, 100, 50, 0, 255, 0] + [0] * 762)
+        image.putpixel((0, 0), 0)
+        image.info["transparency"] = 1  # palette entry 1 (green) is transparent
+    else:
+        image = rgba
+    out = to_rgb(image)
+    assert out.mode == "RGB" and out.getpixel((3, 1)) == (0, 0, 0)
+    assert out.getpixel((0, 0)) != (0, 0, 0)  # opaque pixels keep their colour
+    if mode == "RGBA":
+        assert out.getpixel((0, 0)) == (200, 100, 50) and out.getpixel((1, 0)) == (100, 50, 25)

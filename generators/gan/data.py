@@ -30,7 +30,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_CROPS = 100_000
 #: The files make_crops writes before its crops.json (temporary names included).
 _CROP_FILE = re.compile(r"\.?crop-\d{5}\.png(\.tmp)?|crops\.json\.tmp")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: transparent pixels laid on black (to_rgb)
 
 
 @dataclass
@@ -63,7 +63,12 @@ def find_image_files(data_dir: Path) -> list[Path]:
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB. Pillow's own conversion clips 16-bit and 32-bit greyscale
     (scientific and astronomical images often are) to white, so those are
-    scaled down first: 16-bit by its full range, float by its own min and max."""
+    scaled down first: 16-bit by its full range, float by its own min and max.
+    Transparent pixels are laid on black: dropping the alpha channel would keep
+    whatever colour an editor left under them, different from file to file."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
     if image.mode.startswith("I;16") or image.mode == "I":
         values = np.asarray(image, dtype=np.float64)
         scale = 257.0 if image.mode != "I" or values.max() > 255 else 1.0  # 32-bit "I" may hold 8-bit values
@@ -216,7 +221,7 @@ def make_crops(source: Path, out_dir: Path, size: int, count: int, seed: int = 0
         raise InvalidRequest(f"--seed {seed}: must be at least 0")
     try:
         with Image.open(source) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
+            image = to_rgb(ImageOps.exif_transpose(opened))
     except Exception as exc:
         raise InvalidRequest(f"--from {str(source)!r}: not a readable image ({exc})") from exc
     width, height = image.size
