@@ -44,7 +44,6 @@ Run: ``python bench/gan_train.py --steps 6 --out bench/results/gan_train-cpu.jso
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import statistics
 import sys
@@ -55,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.machine import count_flops, cpu_sgemm_gflops, write_report  # noqa: E402
+from bench.machine import count_flops, cpu_name, cpu_sgemm_gflops, write_report  # noqa: E402
 from generators import host_memory  # noqa: E402
 from generators.gan.models import ModelSpec, build_discriminator, build_generator  # noqa: E402
 
@@ -219,12 +218,7 @@ def main() -> None:
         if "images_per_s" in data:
             data["speedup"] = round(data["images_per_s"] / base, 3)
     best = max((v for v in results if "images_per_s" in results[v]), key=lambda v: results[v]["images_per_s"])
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
-    if args.device == "cpu":
-        try:
-            device_name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     report = {
         "benchmark": "DCGAN 64x64 training step (D step + G step), batch 64, fp32",
         "device": args.device,

@@ -11,6 +11,7 @@ is roughly the shortest time a step of the same maths can take here.
 from __future__ import annotations
 
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +30,16 @@ def cpu_sgemm_gflops(n: int = 2048, repeats: int = 7) -> float:
         a @ b
         rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
     return statistics.median(rates)
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (e.g. "AMD EPYC"), for the
+    device_name of CPU results; the platform's processor string elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "cpu"
 
 
 def write_report(report: dict, out: Path | None) -> None:

@@ -15,7 +15,6 @@ Prints one JSON document (also written with --out).
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.machine import write_report  # noqa: E402
+from bench.machine import cpu_name, write_report  # noqa: E402
 from bot.daemon import RUNS_KEPT  # noqa: E402
 from bot.store import Store, iso  # noqa: E402
 
@@ -106,13 +105,6 @@ def command_seconds(state: Path, *args: str) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "bot", *args], env=env, check=True, capture_output=True)
     return time.perf_counter() - start
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def measure(days: int, per_day: int, repeats: int) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import count_flops, cpu_sgemm_gflops, write_report  # noqa: E402
+from bench.machine import count_flops, cpu_name, cpu_sgemm_gflops, write_report  # noqa: E402
 from generators import host_memory  # noqa: E402
 from generators.vqgan_clip.clip_model import load_clip  # noqa: E402
 from generators.vqgan_clip.cutouts import CutoutSettings  # noqa: E402
@@ -58,13 +57,7 @@ MODES = {
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 class PeakRSS:

@@ -52,3 +52,15 @@ def test_store_growth_fills_a_store_a_daemon_would_leave(tmp_path) -> None:
     assert counts["posts"] == len(posts) == 6 and counts["runs"] == len(store.rows("runs")) == RUNS_KEPT
     assert all(post["status"] == "published" and post["engagement"] for post in posts)
     assert counts["snapshots"] == sum(len(post["engagement"]) for post in posts)
+
+
+def test_cpu_name_reads_the_model_name(tmp_path, monkeypatch) -> None:
+    import builtins
+
+    from bench import machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t: fpu\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    assert machine.cpu_name() == "Test CPU 9000"
