@@ -1,6 +1,6 @@
-"""Helpers several test modules share: a small templates folder whose topics
-use a test generator, a second process holding a state-folder lock, and a
-bot.toml for the tiny VQGAN+CLIP models."""
+"""Helpers several test modules share: running the CLI in this process, a
+small templates folder whose topics use a test generator, a second process
+holding a state-folder lock, and a bot.toml for the tiny VQGAN+CLIP models."""
 
 from __future__ import annotations
 
@@ -13,6 +13,19 @@ from pathlib import Path
 from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def run_bot(capsys, *args: str) -> tuple[int, str, str]:
+    """``bot ARGS`` through :func:`bot.cli.main` in this process, with its real
+    error mapping; returns (exit code, stdout, stderr)."""
+    import pytest
+
+    from bot.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
 
 _TOPIC = """
 [topics.{slug}]

@@ -16,16 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bot.cli import cli, main
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """``bot ARGS`` through :func:`bot.cli.main` (the real error mapping)."""
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+from support import REPO
+from support import run_bot as run
 
 
 def no_traceback(err: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
+from support import run_bot
 from generators.gan import TrainConfig, make_crops, train
 from generators.gan.sample import sample_to_dir
 
@@ -28,15 +28,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 def test_a_huge_n_is_refused_naming_the_allowed_range(model: Path, tmp_path: Path, capsys) -> None:
-    code, _, err = _run(["sample", "--model", str(model), "--n", "100000000", "--out", str(tmp_path / "o")], capsys)
+    code, _, err = run_bot(capsys, "sample", "--model", str(model), "--n", "100000000", "--out", str(tmp_path / "o"))
     assert code == 2 and "--n 100000000: must be from 1 to 10000" in err
     assert not (tmp_path / "o").exists()
 
@@ -45,11 +38,11 @@ def test_existing_samples_are_never_overwritten(model: Path, tmp_path: Path, cap
     out = tmp_path / "posts"
     out.mkdir()
     (out / "sample-1.png").write_bytes(b"an image from another model")
-    code, _, err = _run(["sample", "--model", str(model), "--n", "3", "--seed", "0", "--out", str(out)], capsys)
+    code, _, err = run_bot(capsys, "sample", "--model", str(model), "--n", "3", "--seed", "0", "--out", str(out))
     assert code == 2 and "--out" in err and "sample-1.png" in err and "--seed from 3" in err
     assert (out / "sample-1.png").read_bytes() == b"an image from another model"
     assert sorted(p.name for p in out.iterdir()) == ["sample-1.png"]  # nothing written when refusing
-    code, _, _ = _run(["sample", "--model", str(model), "--n", "2", "--seed", "3", "--out", str(out)], capsys)
+    code, _, _ = run_bot(capsys, "sample", "--model", str(model), "--n", "2", "--seed", "3", "--out", str(out))
     assert code == 0 and (out / "sample-3.png").exists()
 
 
@@ -57,10 +50,10 @@ def test_a_model_stopped_before_its_first_evaluation_points_to_weights_last(mode
     stopped = tmp_path / "stopped"
     shutil.copytree(model, stopped)
     (stopped / "generator.safetensors").unlink()  # as after Ctrl-C before epoch --eval-every
-    code, _, err = _run(["sample", "--model", str(stopped), "--n", "1", "--out", str(tmp_path / "o")], capsys)
+    code, _, err = run_bot(capsys, "sample", "--model", str(stopped), "--n", "1", "--out", str(tmp_path / "o"))
     assert code == 2 and "no evaluated generator yet" in err and "--weights last" in err
     assert not (tmp_path / "o").exists()
-    code, _, _ = _run(["sample", "--model", str(stopped), "--weights", "last", "--n", "1", "--out", str(tmp_path / "o")], capsys)
+    code, _, _ = run_bot(capsys, "sample", "--model", str(stopped), "--weights", "last", "--n", "1", "--out", str(tmp_path / "o"))
     assert code == 0 and (tmp_path / "o" / "sample-0.png").exists()
 
 
@@ -83,12 +76,12 @@ def test_sampling_reports_progress_and_json_is_all_of_stdout(model: Path, tmp_pa
     seen: list[tuple[int, int]] = []
     sample_to_dir(model, tmp_path / "a", n=3, seed=0, progress=lambda done, total, info: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
-    code, out, _ = _run(["sample", "--model", str(model), "--n", "2", "--out", str(tmp_path / "b"), "--json"], capsys)
+    code, out, _ = run_bot(capsys, "sample", "--model", str(model), "--n", "2", "--out", str(tmp_path / "b"), "--json")
     assert code == 0 and json.loads(out) == [str(tmp_path / "b" / "sample-0.png"), str(tmp_path / "b" / "sample-1.png")]
 
 
 def test_dataset_crops_refuses_a_huge_count_and_reports_progress(tmp_path: Path, capsys) -> None:
-    code, _, err = _run(["dataset", "crops", "--from", str(HUBBLE), "--count", "100000000", "--out", str(tmp_path / "c")], capsys)
+    code, _, err = run_bot(capsys, "dataset", "crops", "--from", str(HUBBLE), "--count", "100000000", "--out", str(tmp_path / "c"))
     assert code == 2 and "--count 100000000: must be from 1 to 100000" in err
     assert not (tmp_path / "c").exists()
     seen: list[tuple[int, int]] = []

@@ -21,7 +21,7 @@ from bot.errors import PublishError
 from bot.publish import Publication, register_publisher
 from bot.publish.outbox import OutboxPublisher
 from generators import GenerationRequest, GenerationResult, ModelUnavailable, register_generator
-from support import lock_held_elsewhere, write_test_templates
+from support import lock_held_elsewhere, run_bot, write_test_templates
 
 
 
@@ -103,13 +103,6 @@ def templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BOT_POSTERS_SIZE", "A5")  # the smallest page keeps the tests quick
     return folder
 
-
-def run_bot(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the CLI in this process; return (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def records(state_dir: Path) -> list[dict[str, Any]]:

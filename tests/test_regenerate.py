@@ -7,16 +7,7 @@ import json
 import shlex
 from pathlib import Path
 
-import pytest
-
-from bot.cli import main
-
-
-def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
+from support import run_bot as run
 
 
 def test_manifest_regenerate_command_remakes_the_posted_image(state_dir: Path, tmp_path: Path, capsys, monkeypatch):
