@@ -82,7 +82,9 @@ def test_both_targets_run_bot_as_non_root_with_volumes_and_a_health_check() -> N
     assert {"cpu", "cuda"} <= set(found)
     for name in ("cpu", "cuda"):
         stage = found[name]
-        assert exec_form(stage, "ENTRYPOINT") == ["bot"] and exec_form(stage, "CMD") == ["run"]
+        # tini is PID 1 (installed in the same stage) and hands signals to the bot
+        assert exec_form(stage, "ENTRYPOINT") == ["tini", "--", "bot"] and exec_form(stage, "CMD") == ["run"]
+        assert re.search(r"apt-get install -y --no-install-recommends [\w.\- ]*\btini\b", " ".join(r for w, r in stage if w == "RUN"))
         assert exec_form(stage, "HEALTHCHECK") == ["bot", "healthcheck"]
         [user] = [r for w, r in stage if w == "USER"]
         assert user not in ("root", "0") and f"useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin {user}" in " ".join(r for w, r in stage if w == "RUN")
@@ -122,6 +124,7 @@ def test_compose_builds_existing_targets_with_volumes_restart_secrets_and_gpu() 
         [env_file] = service["env_file"]
         assert (COMPOSE.parent / (env_file["path"] + ".example")).is_file(), "ship an example of the env file"
         assert "environment" not in service  # secrets only through the env file
+        assert not service.get("init"), "the image runs tini already; a second init only adds a process"
     gpu = services["bot-cuda"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert services["bot-cuda"]["build"]["target"] == "cuda" and services["bot"]["build"]["target"] == "cpu"
@@ -186,6 +189,12 @@ def _bot(args: list[str], state: Path, **extra: str) -> subprocess.CompletedProc
     return subprocess.run([sys.executable, "-m", "bot", *args[1:]], env=env, capture_output=True, text=True, timeout=120)
 
 
+def _without_init(entrypoint: list[str]) -> list[str]:
+    """The command tini runs: what follows its ``--``."""
+    assert entrypoint[:2] == ["tini", "--"], entrypoint
+    return entrypoint[2:]
+
+
 def _heartbeat(state: Path, *, age_seconds: float, status: str = "running") -> None:
     tick = (datetime.now(timezone.utc) - timedelta(seconds=age_seconds)).isoformat(timespec="seconds")
     state.mkdir(parents=True, exist_ok=True)
@@ -209,7 +218,7 @@ def test_the_health_check_command_tells_fresh_from_stale(tmp_path: Path) -> None
 
 def test_the_entrypoint_command_runs_the_daemon(tmp_path: Path) -> None:
     stage = stages()["cpu"]
-    command = exec_form(stage, "ENTRYPOINT") + exec_form(stage, "CMD")
+    command = _without_init(exec_form(stage, "ENTRYPOINT")) + exec_form(stage, "CMD")
     state = tmp_path / "state"
     helped = _bot(command + ["--help"], state)
     assert helped.returncode == 0 and "SIGTERM" in helped.stdout
