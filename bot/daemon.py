@@ -122,7 +122,13 @@ def heartbeat_health(
         return False, f"the daemon is {status} (pid {heartbeat.get('pid')}, {age:.0f} s ago)"
     if age > max_age_seconds:
         return False, f"the heartbeat is {age:.0f} s old (limit {max_age_seconds:.0f} s): the daemon is stuck or gone"
-    busy = _busy_jobs(heartbeat, now or utcnow())
+    if age < -max_age_seconds:
+        # a running daemon rewrites last_tick with the current clock every
+        # heartbeat_seconds, so a tick this far ahead means it has not ticked
+        # since the clock was set back
+        return False, (f"the heartbeat is dated {-age:.0f} s in the future (limit {max_age_seconds:.0f} s): "
+                       "the clock was set back and the daemon has not ticked since; it is stuck or gone")
+    busy = _busy_jobs(heartbeat, now or utcnow(), max(age, 0.0))
     if max_busy_seconds is not None:
         for job, since, seconds in busy:
             if seconds > max_busy_seconds:
@@ -133,13 +139,20 @@ def heartbeat_health(
     return True, f"the daemon (pid {heartbeat.get('pid')}) ticked {age:.0f} s ago ({doing})"
 
 
-def _busy_jobs(heartbeat: dict[str, Any], now: datetime) -> list[tuple[str, str, float]]:
-    """(job, since, seconds running) of each job the heartbeat says is running."""
+def _busy_jobs(heartbeat: dict[str, Any], now: datetime, age: float) -> list[tuple[str, str, float]]:
+    """(job, since, seconds running) of each job the heartbeat says is running:
+    the monotonic ``running_s`` at the last tick plus the heartbeat's ``age``,
+    or, in a heartbeat written before ``running_s`` existed, the wall-clock
+    time since ``since``."""
     found = []
     for job, about in sorted((heartbeat.get("busy") or {}).items()):
         try:
             since = about["since"]
-            found.append((job, since, (now - parse_iso(since)).total_seconds()))
+            if isinstance(about.get("running_s"), (int, float)):
+                seconds = float(about["running_s"]) + age
+            else:
+                seconds = (now - parse_iso(since)).total_seconds()
+            found.append((job, since, seconds))
         except (KeyError, TypeError, ValueError):
             continue
     return found
@@ -179,6 +192,7 @@ class Daemon:
         self._scheduler: BackgroundScheduler | None = None
         self._heartbeat: dict[str, Any] = {}
         self._busy: dict[str, dict[str, Any]] = {}  # job -> since, slot: what runs now
+        self._busy_started: dict[str, float] = {}  # job -> time.monotonic() at its start
         self._busy_lock = threading.Lock()
         self._last_failed = False
         # 1. check inputs before anything runs
@@ -301,12 +315,14 @@ class Daemon:
         that `bot healthcheck` tells a daemon stuck in a job from an idle one."""
         with self._busy_lock:
             self._busy[job] = {"since": iso(utcnow()), **about}
+            self._busy_started[job] = time.monotonic()
         self._beat()
         try:
             yield
         finally:
             with self._busy_lock:
                 self._busy.pop(job, None)
+                self._busy_started.pop(job, None)
             self._beat()
 
     # the post job -------------------------------------------------------------------
@@ -624,7 +640,12 @@ class Daemon:
         with self._heartbeat_lock:
             self._heartbeat.update(changes)
             with self._busy_lock:
-                self._heartbeat["busy"] = {job: dict(about) for job, about in self._busy.items()}
+                # running_s is measured on the monotonic clock: a wall clock that
+                # steps (NTP, a suspended VM) cannot hide a stuck job
+                self._heartbeat["busy"] = {
+                    job: {**about, "running_s": round(time.monotonic() - self._busy_started[job], 1)}
+                    for job, about in self._busy.items()
+                }
             self._heartbeat.update(
                 pid=os.getpid(),
                 last_tick=iso(utcnow()),

@@ -42,6 +42,28 @@ def test_a_job_within_the_limit_and_an_idle_daemon_are_healthy_and_told_apart() 
     assert healthy and "(idle)" in why
 
 
+def test_a_heartbeat_from_before_the_clock_was_set_back_is_not_fresh() -> None:
+    """The daemon ticks every heartbeat_seconds with the current clock, so a
+    last_tick far in the future means it has not ticked since the clock was
+    set back. Before, the negative age passed as fresh until the clock caught up."""
+    ahead = _beat(last_tick="2026-01-01T13:00:00+00:00")  # written before the clock went back an hour
+    healthy, why = heartbeat_health(ahead, max_age_seconds=30, max_busy_seconds=3600, now=NOW)
+    assert healthy is False and "3600 s in the future" in why and "clock" in why
+    slightly = _beat(last_tick="2026-01-01T12:00:05+00:00")  # a few seconds of skew: still fresh
+    assert heartbeat_health(slightly, max_age_seconds=30, max_busy_seconds=3600, now=NOW)[0] is True
+
+
+def test_a_stuck_job_is_found_on_the_monotonic_clock_whatever_the_wall_clock_did() -> None:
+    """running_s comes from time.monotonic(): a job that has run 7 hours is
+    stuck even if the wall clock was set back and its start looks recent."""
+    stuck = _beat(busy={"post": {"since": "2026-01-01T11:59:00+00:00", "running_s": 25200.0}})
+    healthy, why = heartbeat_health(stuck, max_age_seconds=30, max_busy_seconds=3600, now=NOW)
+    assert healthy is False and "post job has been running for 25210 s" in why  # + the tick's 10 s age
+    young = _beat(busy={"post": {"since": "2026-01-01T04:00:00+00:00", "running_s": 60.0}})  # clock jumped ahead
+    healthy, why = heartbeat_health(young, max_age_seconds=30, max_busy_seconds=3600, now=NOW)
+    assert healthy and "post job running for 70 s" in why
+
+
 def test_the_busy_limit_is_the_grace_period_but_at_least_an_hour() -> None:
     from bot.config import load_settings
     from bot.daemon import default_max_busy
@@ -67,6 +89,7 @@ def test_the_daemon_marks_a_job_busy_while_it_runs(state_dir: Path, monkeypatch:
     daemon._engagement_job()
     [during] = seen
     assert list(during) == ["engagement"] and datetime.fromisoformat(during["engagement"]["since"])
+    assert 0 <= during["engagement"]["running_s"] < 60
     assert read_heartbeat(state_dir)["busy"] == {}  # idle again
 
 
