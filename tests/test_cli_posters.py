@@ -157,11 +157,11 @@ def test_text_output_says_which_posters_were_upscaled(archive, tmp_path, capsys)
         (["--post", "nope"], ["--post nope", "no post with that id"]),
         (["--post", "p5-coral"], ["--post p5-coral", "'rendered'", "not published"]),
         (["--since", "last week"], ["--since 'last week'", "YYYY-MM-DD"]),
-        (["--size", "B1"], ["size 'B1'", "A3"]),
-        (["--size", ""], ["size ''", "A3"]),  # e.g. an unset shell variable: not the default size
-        (["--bleed", "200"], ["bleed 200", "larger than the page"]),
-        (["--bleed", "-2"], ["bleed", ">= 0"]),
-        (["--dpi", "100", "--post", "p1-coral"], ["dpi 100"]),
+        (["--size", "B1"], ["--size 'B1'", "A3"]),
+        (["--size", ""], ["--size ''", "A3"]),  # e.g. an unset shell variable: not the default size
+        (["--bleed", "200"], ["--bleed 200", "larger than the page"]),
+        (["--bleed", "-2"], ["--bleed -2", ">= 0"]),
+        (["--dpi", "100", "--post", "p1-coral"], ["--dpi 100"]),
         (["--city", "berlin"], ["--city berlin", "link_template is empty"]),
         (["--city", "Berlin!"], ["--city 'Berlin!'"]),
         (["--top", "0"], ["--top 0"]),
@@ -176,6 +176,18 @@ def test_bad_input_exits_2_and_writes_nothing(archive, tmp_path, capsys, monkeyp
     for word in words:
         assert word in stderr
     assert os.listdir(out.parent) == []
+
+
+def test_a_bad_value_from_the_settings_is_named_as_the_setting(archive, tmp_path, capsys, monkeypatch):
+    """The same check names `--size` for a flag and `posters.size` for a value
+    from bot.toml or BOT_POSTERS_SIZE, so the user knows which to change."""
+    monkeypatch.setenv("BOT_POSTERS_SIZE", "B1")
+    code, _, stderr = run(capsys, "posters", "--out", str(tmp_path / "x.pdf"))
+    assert code == 2 and "posters.size 'B1'" in stderr and "--size" not in stderr
+    monkeypatch.setenv("BOT_POSTERS_DPI", "5")
+    code, _, stderr = run(capsys, "posters", "--out", str(tmp_path / "x.pdf"), "--size", "A3")
+    assert code == 2 and "posters.dpi 5" in stderr
+    assert not (tmp_path / "x.pdf").exists()
 
 
 def test_template_needing_a_city_and_unwritable_output(archive, tmp_path, capsys, monkeypatch):

@@ -67,8 +67,11 @@ def command(
         mark_text=settings.account.name,
         crop_marks=crop_marks,
     )
-    # 1. check the options and the link before reading the archive
-    check_options(options)
+    # 1. check the options and the link before reading the archive; an error
+    #    names the flag, or the setting the value came from
+    given = {"size": size, "bleed_mm": bleed_mm, "dpi": dpi}
+    flags = {"size": "--size", "bleed_mm": "--bleed", "dpi": "--dpi"}
+    check_options(options, {f: flags[f] if value is not None else f"posters.{f}" for f, value in given.items()})
     check_out_path(out_path)
     sheet_path = contact_sheet_path(out_path)
     check_contact_sheet_path(sheet_path)

@@ -52,20 +52,22 @@ def allowed_sizes() -> str:
     return ", ".join(PAGE_SIZES) + ' or "WxH" in mm (e.g. "500x700")'
 
 
-def parse_size(size: str) -> tuple[str, float, float]:
-    """``"A3"`` or ``"500x700"`` -> (name, width mm, height mm); BadInput otherwise."""
+def parse_size(size: str, called: str = "size") -> tuple[str, float, float]:
+    """``"A3"`` or ``"500x700"`` -> (name, width mm, height mm); BadInput
+    otherwise, naming the value as the user gave it (``called``: ``--size``,
+    ``posters.size``)."""
     text = str(size).strip()
     if text.upper() in PAGE_SIZES:
         name = text.upper()
         return (name, *PAGE_SIZES[name])
     match = _CUSTOM.match(text)
     if not match:
-        raise BadInput(f"size {size!r} is not a known page size; allowed: {allowed_sizes()}")
+        raise BadInput(f"{called} {size!r} is not a known page size; allowed: {allowed_sizes()}")
     width, height = float(match.group(1)), float(match.group(2))
     for side in (width, height):
         if not MIN_SIDE_MM <= side <= MAX_SIDE_MM:
             raise BadInput(
-                f"size {size!r}: each side must be between {MIN_SIDE_MM:g} and {MAX_SIDE_MM:g} mm"
+                f"{called} {size!r}: each side must be between {MIN_SIDE_MM:g} and {MAX_SIDE_MM:g} mm"
             )
     return (f"{width:g}x{height:g}mm", width, height)
 

@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from PIL import Image, UnidentifiedImageError
 from reportlab import rl_config
@@ -71,19 +71,23 @@ def render_posters(items: list[PosterItem], out_path: Path, options: PosterOptio
 # -- 1. checks ---------------------------------------------------------------
 
 
-def check_options(options: PosterOptions) -> tuple[Page, Layout]:
-    """The page and layout the options describe, or BadInput naming the option."""
-    name, width, height = parse_size(options.size)
+def check_options(options: PosterOptions, called: Mapping[str, str] | None = None) -> tuple[Page, Layout]:
+    """The page and layout the options describe, or BadInput naming the option
+    as the user gave it: ``called`` maps a field (``size``, ``bleed_mm``,
+    ``dpi``) to e.g. ``--size`` or ``posters.size``; the field name otherwise."""
+    called = called or {}
+    size_name, bleed_name, dpi_name = called.get("size", "size"), called.get("bleed_mm", "bleed"), called.get("dpi", "dpi")
+    name, width, height = parse_size(options.size, size_name)
     bleed = options.bleed_mm
     if not isinstance(bleed, (int, float)) or math.isnan(bleed) or bleed < 0:
-        raise BadInput(f"bleed {bleed!r} mm: must be a number >= 0 (print shops usually ask for 3 mm)")
+        raise BadInput(f"{bleed_name} {bleed!r} mm: must be a number >= 0 (print shops usually ask for 3 mm)")
     if bleed >= min(width, height) / 2:
         raise BadInput(
-            f"bleed {bleed:g} mm is larger than the page allows ({name}: {width:g} x {height:g} mm); "
+            f"{bleed_name} {bleed:g} mm is larger than the page allows ({name}: {width:g} x {height:g} mm); "
             f"it must be below {min(width, height) / 2:g} mm, usually 3 mm"
         )
     if not isinstance(options.dpi, int) or not MIN_DPI <= options.dpi <= MAX_DPI:
-        raise BadInput(f"dpi {options.dpi!r}: must be a whole number from {MIN_DPI} to {MAX_DPI}")
+        raise BadInput(f"{dpi_name} {options.dpi!r}: must be a whole number from {MIN_DPI} to {MAX_DPI}")
     if options.qr_corner not in CORNERS:
         raise BadInput(f"qr_corner {options.qr_corner!r}: allowed: {', '.join(CORNERS)}")
     if not 0 < options.qr_max_fraction <= 0.9:
@@ -96,7 +100,7 @@ def check_options(options: PosterOptions) -> tuple[Page, Layout]:
     need_w, need_h = page.artwork_px(options.dpi)
     if need_w * need_h > MAX_PIXELS:
         raise BadInput(
-            f"size {options.size!r} at {options.dpi} dpi needs a {need_w} x {need_h} px artwork, more than "
+            f"{size_name} {options.size!r} at {dpi_name} {options.dpi} needs a {need_w} x {need_h} px artwork, more than "
             f"{MAX_PIXELS // 1_000_000} Mpx; choose a smaller size or dpi"
         )
     # The QR code must fit on this page size (a URL is checked per item).
