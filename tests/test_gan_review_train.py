@@ -134,7 +134,8 @@ def test_read_only_model_folder_is_an_error_message_not_a_traceback(crops: Path,
         main(["train", "--data", str(crops), "--out", str(tmp_path / "m"), "--epochs", "2", *TINY_FLAGS])
     _, err = capsys.readouterr()
     assert exit_info.value.code == 1
-    assert "Error: could not write to --out" in err and "Permission denied" in err and "nothing was saved" in err
+    # the weights files are written after the checkpoint: epoch 1's is kept, and a resume writes them
+    assert "Error: could not write to --out" in err and "Permission denied" in err and "holds epoch 1" in err and "--resume" in err
     assert "Traceback" not in err
     assert not list((tmp_path / "m").glob("*.tmp"))
 
@@ -217,3 +218,53 @@ def test_transparent_pixels_are_laid_on_black_not_on_what_an_editor_left_under_t
     assert out.getpixel((0, 0)) != (0, 0, 0)  # opaque pixels keep their colour
     if mode == "RGBA":
         assert out.getpixel((0, 0)) == (200, 100, 50) and out.getpixel((1, 0)) == (100, 50, 25)
+
+
+def test_a_stop_after_the_checkpoint_leaves_no_weights_file_ahead_and_resume_writes_them(crops: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weights files follow the checkpoint. Before, generator.safetensors was
+    written before the checkpoint, so a stop in between left the "best" file an
+    epoch ahead of the checkpoint and the report. Now a stop between the two
+    leaves them behind, and the resume writes them from the checkpoint."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    real_export = train_module.export_weights
+
+    def stop_at_the_first_export(sampler, out, epoch, best, **kwargs):
+        if not kwargs.get("only_if_stale"):
+            raise KeyboardInterrupt
+        return real_export(sampler, out, epoch, best, **kwargs)
+
+    monkeypatch.setattr(train_module, "export_weights", stop_at_the_first_export)
+    out = tmp_path / "m"
+    settings = TINY | {"eval_every": 1}  # epoch 1 is evaluated, so it is the best so far
+    with pytest.raises(TrainingStopped, match="holds epoch 1"):
+        train(TrainConfig(data=crops, out=out, epochs=3, **settings))
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["best"]["epoch"] == 1
+    assert not (out / "generator.safetensors").exists() and not (out / "generator-last.safetensors").exists()
+
+    with pytest.raises(TrainingStopped):  # resume, and stop again in the first batch of epoch 2
+        train(TrainConfig(data=crops, out=out, epochs=3, resume=True), progress=_interrupt_at(4))
+    for name in ("generator.safetensors", "generator-last.safetensors"):
+        with safe_open(str(out / name), framework="pt") as handle:
+            assert handle.metadata()["epoch"] == "1"
+        weights = load_file(out / name)
+        assert weights.keys() == checkpoint["generator"].keys()
+        assert all(torch.equal(weights[k], checkpoint["generator"][k]) for k in weights)
+
+
+def test_a_second_trainer_refused_by_the_lock_leaves_the_data_caches_alone(crops: Path, tmp_path: Path) -> None:
+    """The data cache used to be written, and older caches pruned, before the
+    training lock was taken: a second `bot train --new-data` started beside a
+    running one deleted the running one's cache before being refused."""
+    out = tmp_path / "m"
+    train(TrainConfig(data=crops, out=out, epochs=1, **TINY))
+    other = tmp_path / "other"
+    make_crops(HUBBLE, other, size=32, count=24, seed=4)
+    before = _snapshot(out / "cache")
+    assert len(before) == 1
+    with train_module.training_lock(out):  # a run in progress
+        with pytest.raises(InvalidRequest, match="another `bot train`"):
+            train(TrainConfig(data=other, out=out, epochs=2, resume=True, new_data=True))
+    assert _snapshot(out / "cache") == before

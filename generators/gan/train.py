@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -545,6 +546,30 @@ def export_generator(G: nn.Module, path: Path, metadata: dict[str, str]) -> None
     os.replace(tmp, path)
 
 
+def export_weights(sampler: nn.Module, out: Path, epoch: int, best: dict | None, *, only_if_stale: bool = False) -> None:
+    """Write ``generator-last.safetensors`` for ``epoch`` and, when ``epoch`` is
+    the best one, ``generator.safetensors``. Called after each checkpoint and,
+    with ``only_if_stale``, on resume: a run stopped between its checkpoint and
+    these files left them an epoch behind, and the checkpoint's weights are
+    exactly that epoch's, so they are written from it."""
+    wanted = {"generator-last.safetensors": {"epoch": str(epoch)}}
+    if best is not None and best["epoch"] == epoch:
+        wanted["generator.safetensors"] = {"epoch": str(epoch), "kid": str(best["kid"])}
+    for name, metadata in wanted.items():
+        if only_if_stale and _exported_epoch(out / name) == metadata["epoch"]:
+            continue
+        export_generator(sampler, out / name, metadata)
+
+
+def _exported_epoch(path: Path) -> str | None:
+    """The epoch recorded in an exported weights file, or None when it is missing or unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("epoch")
+    except (OSError, SafetensorError):
+        return None
+
+
 def _metrics_history(path: Path, checkpoint: dict) -> list[dict]:
     """The per-epoch rows up to the checkpoint's epoch, and ``metrics.jsonl``
     rewritten to match them (a run stopped after writing a line but before its
@@ -598,13 +623,15 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
     digest = data_digest(images)
     if checkpoint is not None:
         check_resumed_data(config, checkpoint, images, digest)
-    update_cache(images, data_report)
     if config.threads:
         torch.set_num_threads(config.threads)
     reuse_freed_memory()  # no page faults per step for the large activation blocks (see host_memory)
 
-    # 2. one trainer per model folder, then the loop
+    # 2. one trainer per model folder, then the loop; the data cache is written
+    #    under the lock too, so a second `bot train` refused here cannot write or
+    #    prune the caches of the running one
     with training_lock(config.out):
+        update_cache(images, data_report)
         data = {"path": str(config.data), "images": len(images), "digest": digest}
         start = checkpoint["epoch"] if checkpoint else 0
         position = RunPosition(epoch=start + 1, saved=start)
@@ -670,6 +697,7 @@ def _fit(config: TrainConfig, resolved: Resolved, checkpoint: dict | None, image
             best = None
             log.warning("training on changed data (--new-data): the best-checkpoint search starts again")
         history = _metrics_history(metrics_path, checkpoint)
+        export_weights(sampling_generator(resolved, G, G_ema), config.out, start_epoch, best, only_if_stale=True)
         log.info("resuming %s from epoch %d (step %d) to epoch %d", config.out, start_epoch, step, config.epochs)
     else:
         metrics_path.unlink(missing_ok=True)
@@ -751,11 +779,9 @@ def _fit(config: TrainConfig, resolved: Resolved, checkpoint: dict | None, image
             row.update({key: value for key, value in evaluations[-1].items() if key != "epoch"})
             if math.isfinite(evaluations[-1]["kid"]) and (best is None or evaluations[-1]["kid"] < best["kid"]):
                 best = {"epoch": epoch, "kid": evaluations[-1]["kid"]}
-                export_generator(sampler, config.out / "generator.safetensors", {"epoch": str(epoch), "kid": str(best["kid"])})
         history.append(row)
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        export_generator(sampler, config.out / "generator-last.safetensors", {"epoch": str(epoch)})
         checkpoint = {
             "format": CHECKPOINT_FORMAT,
             "spec": spec.to_dict(),
@@ -777,6 +803,9 @@ def _fit(config: TrainConfig, resolved: Resolved, checkpoint: dict | None, image
             checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device)
         save_checkpoint(checkpoint, config.out / "checkpoint.pt")
         position.saved = epoch
+        # the weights files follow the checkpoint, never lead it: a stop in
+        # between leaves them an epoch behind, and a resume rewrites them
+        export_weights(sampler, config.out, epoch, best)
         if report is not None:
             _write_report(report, history, evaluations, best, config.out)
         log.info("epoch %d/%d %s", epoch, config.epochs, json.dumps(row))
