@@ -48,7 +48,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -107,10 +107,11 @@ def heartbeat_health(
     now: datetime | None = None,
 ) -> tuple[bool, str]:
     """(healthy, why): healthy when a running daemon ticked within
-    ``max_age_seconds`` and none of its jobs has been running for longer than
-    ``max_busy_seconds``. The heartbeat is written by the main thread, so it
-    keeps ticking while a job hangs (a network call that never returns, a
-    deadlock): only the job's start time, kept in ``busy``, shows that."""
+    ``max_age_seconds`` and none of its jobs has gone ``max_busy_seconds``
+    without progress. The heartbeat is written by the main thread, so it keeps
+    ticking while a job hangs (a network call that never returns, a deadlock):
+    only ``busy`` shows that. A long job that reports progress (a CPU
+    generation reports every step) is not stuck, however long it runs."""
     if heartbeat is None:
         return False, "no heartbeat file: the daemon has not started here"
     status = heartbeat.get("status")
@@ -130,29 +131,37 @@ def heartbeat_health(
                        "the clock was set back and the daemon has not ticked since; it is stuck or gone")
     busy = _busy_jobs(heartbeat, now or utcnow(), max(age, 0.0))
     if max_busy_seconds is not None:
-        for job, since, seconds in busy:
-            if seconds > max_busy_seconds:
-                return False, (f"the {job} job has been running for {seconds:.0f} s, since {since} "
-                               f"(limit {max_busy_seconds:.0f} s): it is stuck; restart the daemon "
-                               "(the post resumes where it stopped)")
-    doing = "; ".join(f"{job} job running for {seconds:.0f} s" for job, _since, seconds in busy) or "idle"
+        for job in busy:
+            if job.quiet > max_busy_seconds:
+                return False, (f"the {job.name} job has made no progress for {job.quiet:.0f} s (running for "
+                               f"{job.running:.0f} s, since {job.since}; limit {max_busy_seconds:.0f} s): it is stuck; "
+                               "restart the daemon (the post resumes where it stopped)")
+    doing = "; ".join(f"{job.name} job running for {job.running:.0f} s" for job in busy) or "idle"
     return True, f"the daemon (pid {heartbeat.get('pid')}) ticked {age:.0f} s ago ({doing})"
 
 
-def _busy_jobs(heartbeat: dict[str, Any], now: datetime, age: float) -> list[tuple[str, str, float]]:
-    """(job, since, seconds running) of each job the heartbeat says is running:
-    the monotonic ``running_s`` at the last tick plus the heartbeat's ``age``,
-    or, in a heartbeat written before ``running_s`` existed, the wall-clock
-    time since ``since``."""
+class BusyJob(NamedTuple):
+    name: str
+    since: str
+    running: float  # seconds since the job started
+    quiet: float  # seconds since its last progress report (or its start)
+
+
+def _busy_jobs(heartbeat: dict[str, Any], now: datetime, age: float) -> list[BusyJob]:
+    """Each job the heartbeat says is running. ``running_s`` and ``quiet_s``
+    come from the daemon's monotonic clock at its last tick, so the heartbeat's
+    ``age`` is added; a heartbeat written before they existed gives only
+    ``since``, and the wall-clock time since then serves for both."""
     found = []
     for job, about in sorted((heartbeat.get("busy") or {}).items()):
         try:
             since = about["since"]
             if isinstance(about.get("running_s"), (int, float)):
-                seconds = float(about["running_s"]) + age
+                running = float(about["running_s"]) + age
             else:
-                seconds = (now - parse_iso(since)).total_seconds()
-            found.append((job, since, seconds))
+                running = (now - parse_iso(since)).total_seconds()
+            quiet = float(about["quiet_s"]) + age if isinstance(about.get("quiet_s"), (int, float)) else running
+            found.append(BusyJob(job, since, running, quiet))
         except (KeyError, TypeError, ValueError):
             continue
     return found
@@ -163,9 +172,9 @@ def default_max_age(settings: Settings) -> float:
 
 
 def default_max_busy(settings: Settings) -> float:
-    """How long one job may run before the daemon counts as stuck: the grace
-    period (a post still running then has outlived its slot), at least an hour
-    (a VQGAN+CLIP post on a CPU takes up to its 40-minute budget)."""
+    """How long one job may go without progress before the daemon counts as
+    stuck: the grace period (a post silent that long has outlived its slot),
+    at least an hour."""
     return max(float(settings.schedule.grace_seconds), MIN_BUSY_LIMIT_SECONDS)
 
 
@@ -193,6 +202,7 @@ class Daemon:
         self._heartbeat: dict[str, Any] = {}
         self._busy: dict[str, dict[str, Any]] = {}  # job -> since, slot: what runs now
         self._busy_started: dict[str, float] = {}  # job -> time.monotonic() at its start
+        self._busy_progress: dict[str, float] = {}  # job -> time.monotonic() at its last progress report
         self._busy_lock = threading.Lock()
         self._last_failed = False
         # 1. check inputs before anything runs
@@ -315,7 +325,7 @@ class Daemon:
         that `bot healthcheck` tells a daemon stuck in a job from an idle one."""
         with self._busy_lock:
             self._busy[job] = {"since": iso(utcnow()), **about}
-            self._busy_started[job] = time.monotonic()
+            self._busy_started[job] = self._busy_progress[job] = time.monotonic()
         self._beat()
         try:
             yield
@@ -323,6 +333,7 @@ class Daemon:
             with self._busy_lock:
                 self._busy.pop(job, None)
                 self._busy_started.pop(job, None)
+                self._busy_progress.pop(job, None)
             self._beat()
 
     # the post job -------------------------------------------------------------------
@@ -497,7 +508,9 @@ class Daemon:
         )
 
     def _progress(self, step: int, total: int, info: dict[str, Any]) -> None:
-        """The generator's progress callback: the place a shutdown interrupts a long generation."""
+        """The generator's progress callback: the place a shutdown interrupts a
+        long generation, and the sign for `bot healthcheck` that it is not stuck."""
+        self._made_progress("post")
         if self._stop.is_set():
             raise ShutdownRequested(self._stop_reason)
 
@@ -574,7 +587,7 @@ class Daemon:
         try:
             # stop= lets SIGTERM end a long collection between two posts (each
             # snapshot is stored as taken), within the container's stop timeout
-            result = engagement.collect_engagement(self.settings, self.store, stop=self._stop.is_set)
+            result = engagement.collect_engagement(self.settings, self.store, stop=self._engagement_stop)
         except Exception as exc:  # contained: the scheduler keeps running
             log.error("engagement: failed: %s: %s", type(exc).__name__, exc)
             self._record_run("engagement", started=started, outcome="failed", error=f"{type(exc).__name__}: {exc}")
@@ -583,7 +596,18 @@ class Daemon:
         log.info("engagement: collected (%s)", summary)
         self._record_run("engagement", started=started, outcome="collected", details=summary)
 
+    def _engagement_stop(self) -> bool:
+        """Asked by the collector before each post: whether to stop, and the
+        sign that the collection is moving."""
+        self._made_progress("engagement")
+        return self._stop.is_set()
+
     # records and heartbeat -------------------------------------------------------------
+
+    def _made_progress(self, job: str) -> None:
+        with self._busy_lock:
+            if job in self._busy_progress:
+                self._busy_progress[job] = time.monotonic()
 
     def _record_run(
         self,
@@ -642,8 +666,10 @@ class Daemon:
             with self._busy_lock:
                 # running_s is measured on the monotonic clock: a wall clock that
                 # steps (NTP, a suspended VM) cannot hide a stuck job
+                now = time.monotonic()
                 self._heartbeat["busy"] = {
-                    job: {**about, "running_s": round(time.monotonic() - self._busy_started[job], 1)}
+                    job: {**about, "running_s": round(now - self._busy_started[job], 1),
+                          "quiet_s": round(now - self._busy_progress[job], 1)}
                     for job, about in self._busy.items()
                 }
             self._heartbeat.update(

@@ -19,14 +19,15 @@ from bot.cli.common import AppContext, pass_app
     "--max-busy",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Seconds one job (a post, an engagement run) may run before the daemon counts as stuck "
-    "(default: schedule.grace_seconds, at least 3600).",
+    help="Seconds one job (a post, an engagement run) may go without progress before the daemon "
+    "counts as stuck (default: schedule.grace_seconds, at least 3600).",
 )
 @pass_app
 def command(app: AppContext, max_age: float | None, max_busy: float | None) -> int:
     """Say whether `bot run` is alive: it is running, its heartbeat is recent,
-    and no job has been running for longer than --max-busy (a post hanging on
-    a network call keeps the heartbeat fresh, but posts nothing).
+    and no job has gone without progress for longer than --max-busy (a post
+    hanging on a network call keeps the heartbeat fresh, but posts nothing;
+    a long generation reports every step, so it is not counted as stuck).
 
     Reads only state/heartbeat.json (never the store), so it is cheap and
     works while a post is being made. Exit 0 healthy, 1 not.
