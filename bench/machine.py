@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -30,6 +31,19 @@ def cpu_sgemm_gflops(n: int = 2048, repeats: int = 7) -> float:
         a @ b
         rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
     return statistics.median(rates)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, *, warmup: int = 0) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn``, after ``warmup``
+    untimed ones (oneDNN, for one, builds its kernels on the first call)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def cpu_name() -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.machine import cpu_name, write_report  # noqa: E402
+from bench.machine import cpu_name, median_seconds, write_report  # noqa: E402
 from bot.daemon import RUNS_KEPT  # noqa: E402
 from bot.store import Store, iso  # noqa: E402
 
@@ -89,16 +88,6 @@ def fill(store: Store, days: int, per_day: int) -> dict[str, int]:
             "slots": len(slots), "runs": len(runs)}
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def command_seconds(state: Path, *args: str) -> float:
     """Wall time of one ``bot`` command on the filled state folder (a new process, as a person runs it)."""
     env = {"BOT_PATHS_STATE": str(state), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"}
@@ -119,12 +108,12 @@ def measure(days: int, per_day: int, repeats: int) -> dict:
             "posts_per_day": per_day,
             **counts,
             "store_mb": round(store.path.stat().st_size / 1e6, 2),
-            "update_post_s": round(timed(lambda: store.update_post(last, error=None), repeats), 3),
-            "insert_run_s": round(timed(lambda: store.insert("runs", engagement_run(datetime.now(timezone.utc)),
+            "update_post_s": round(median_seconds(lambda: store.update_post(last, error=None), repeats), 3),
+            "insert_run_s": round(median_seconds(lambda: store.insert("runs", engagement_run(datetime.now(timezone.utc)),
                                                              keep_last=RUNS_KEPT), repeats), 3),
-            "read_all_posts_s": round(timed(store.posts, repeats), 3),
-            "bot_status_s": round(timed(lambda: command_seconds(state, "status"), repeats), 2),
-            "bot_engagement_json_s": round(timed(lambda: command_seconds(state, "engagement", "--json"), repeats), 2),
+            "read_all_posts_s": round(median_seconds(store.posts, repeats), 3),
+            "bot_status_s": round(median_seconds(lambda: command_seconds(state, "status"), repeats), 2),
+            "bot_engagement_json_s": round(median_seconds(lambda: command_seconds(state, "engagement", "--json"), repeats), 2),
         }
 
 

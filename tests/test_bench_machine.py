@@ -64,3 +64,20 @@ def test_cpu_name_reads_the_model_name(tmp_path, monkeypatch) -> None:
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
     assert machine.cpu_name() == "Test CPU 9000"
+
+
+def test_the_other_weight_gradients_of_conv_passes_are_the_same_maths() -> None:
+    """bench/conv_passes.py compares oneDNN's weight gradient with two other
+    ways to compute it; they must be the same gradient, at any shape."""
+    import torch.nn.functional as F
+
+    from bench.conv_passes import weight_grad_im2col, weight_grad_swapped
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 12, 12).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(7, 5, 4, 4, requires_grad=True)
+    out = F.conv2d(x, w, stride=2, padding=1)
+    grad = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, w, grad)
+    for compute in (lambda: weight_grad_im2col(x, grad, chunk=4), lambda: weight_grad_swapped(x, grad)):
+        assert torch.allclose(compute(), expected, atol=1e-4, rtol=1e-4)
