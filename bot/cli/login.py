@@ -13,7 +13,16 @@ import click
 
 from bot.cli.common import AppContext, emit_json, pass_app
 from bot.errors import BadInput, BotError, Busy
-from bot.publish.instagram import _describe, load_session, make_client, save_session, session_path, totp_code
+from bot.publish.instagram import (
+    _describe,
+    install_secret_filter,
+    load_session,
+    make_client,
+    save_session,
+    session_path,
+    totp_code,
+    totp_seed_problem,
+)
 from bot.store import exclusive
 
 log = logging.getLogger("bot.cli.login")
@@ -41,16 +50,26 @@ def command(app: AppContext, username: str | None, as_json: bool) -> None:
     """
     settings = app.settings
     ig = settings.instagram
+    seed_problem = totp_seed_problem(ig.totp_seed)
+    if seed_problem:  # before asking anything: a bad seed would end in a traceback after the password
+        raise BadInput(seed_problem)
     username = username or ig.username or click.prompt("Instagram username", err=True)
     password = ig.password or click.prompt(f"Password for {username}", hide_input=True, err=True)
     ig = dataclasses.replace(ig, username=username, password=password)
     client = make_client(ig, interactive=True)
     client.challenge_code_handler = _ask_challenge_code
+    client.change_password_handler = _ask_new_password
     path = session_path(settings)
     with contextlib.redirect_stdout(sys.stderr):  # instagrapi prints; stdout is for the result (--json)
-        relogin = load_session(client, path)  # keeps the device identity of the last session
-        _login(client, ig, relogin=relogin)
-        account = client.account_info()
+        try:
+            relogin = load_session(client, path)  # keeps the device identity of the last session
+            _login(client, ig, relogin=relogin)
+            account = client.account_info()
+        except (BotError, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            log.debug("bot login failed", exc_info=True)  # masked by the secret filter; shown with -v
+            raise _login_failed(exc, ig.username) from None
     save_session(client, path)
     if not as_json:
         click.echo(f"Logged in as {account.username}; session saved to {path} (mode 0600).")
@@ -85,17 +104,57 @@ def _ask_challenge_code(username: str, choice: object = None) -> str:
     return click.prompt(f"Code Instagram sent by {where} for {username}", err=True).strip()
 
 
+def _ask_new_password(username: str) -> str:
+    """Instagram's "change your password" challenge. instagrapi's own prompt
+    reads the new password with ``input()``: shown on the terminal as it is
+    typed, asked once (a typo would leave nobody knowing the password), and
+    the bot's configured password silently out of date. This one hides it,
+    asks twice, masks it in logs and says which setting to update."""
+    new = click.prompt(f"Instagram asks for a new password for {username}", hide_input=True,
+                       confirmation_prompt=True, err=True)
+    install_secret_filter(new)
+    click.echo("The Instagram password is being changed: update BOT_INSTAGRAM_PASSWORD (or the file "
+               "BOT_INSTAGRAM_PASSWORD_FILE names) to the new one, or the bot cannot log in again "
+               "when this session ends.", err=True)
+    return new
+
+
+def _login_failed(exc: Exception, username: str) -> BotError:
+    """A message for a person at the terminal: what Instagram said and what to
+    do next. Any error ends here, not as a traceback: instagrapi's challenge
+    flow raises assertion and key errors when Instagram asks for a step it
+    does not know."""
+    from instagrapi import exceptions as ig
+
+    what = _describe(exc)
+    again = "then run `bot login` again"
+    if isinstance(exc, (ig.BadPassword, ig.BadCredentials)):
+        return BadInput(f"Instagram refused the login for {username!r} ({what}); check the password "
+                        f"(BOT_INSTAGRAM_PASSWORD, BOT_INSTAGRAM_PASSWORD_FILE, or what you typed), {again}")
+    if isinstance(exc, (ig.PleaseWaitFewMinutes, ig.ClientThrottledError, ig.FeedbackRequired,
+                        ig.RateLimitError, ig.SentryBlock)):
+        return BotError(f"Instagram asked to slow down ({what}); wait at least an hour, {again} "
+                        "(each try before that prolongs the block)")
+    if isinstance(exc, ig.TwoFactorRequired):
+        return BotError(f"Instagram did not accept the two-factor code ({what}); {again} with a fresh code")
+    if isinstance(exc, ig.AccountSuspended):
+        return BotError(f"Instagram says the account {username!r} is suspended ({what}); settle it in the "
+                        f"Instagram app, {again}")
+    if isinstance(exc, (ig.ClientConnectionError, ig.ClientRequestTimeout, ig.ClientIncompleteReadError, OSError)):
+        return BotError(f"cannot reach Instagram ({what}); check the network connection, {again}")
+    if isinstance(exc, ig.ClientError) and not isinstance(exc, ig.ChallengeError):
+        return BotError(f"login failed: {what}")
+    return BotError(f"Instagram wants to verify this login and the bot could not complete the check ({what}). "
+                    "Open the Instagram app (or instagram.com) on a phone or computer you usually use, confirm "
+                    f"that the login was you, {again}")
+
+
 def _login(client, ig, *, relogin: bool) -> None:
-    from instagrapi.exceptions import BadPassword, ChallengeError, ClientError, TwoFactorRequired
+    from instagrapi.exceptions import TwoFactorRequired
 
     code = totp_code(ig.totp_seed) if ig.totp_seed else ""
     try:
-        try:
-            client.login(ig.username, ig.password, relogin=relogin, verification_code=code)
-        except TwoFactorRequired:
-            code = totp_code(ig.totp_seed) if ig.totp_seed else click.prompt("Two-factor code", hide_input=False, err=True)
-            client.login(ig.username, ig.password, relogin=True, verification_code=code.strip())
-    except BadPassword as exc:
-        raise BadInput(f"Instagram refused the login for {ig.username!r} ({_describe(exc)})") from None
-    except (ChallengeError, ClientError) as exc:
-        raise BotError(f"login failed: {_describe(exc)}") from None
+        client.login(ig.username, ig.password, relogin=relogin, verification_code=code)
+    except TwoFactorRequired:
+        code = totp_code(ig.totp_seed) if ig.totp_seed else click.prompt("Two-factor code", hide_input=False, err=True)
+        client.login(ig.username, ig.password, relogin=True, verification_code=code.strip())

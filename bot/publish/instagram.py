@@ -40,9 +40,12 @@ configure call may have landed; a media Instagram says does not exist is
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import os
 import re
+import stat
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -53,7 +56,8 @@ import requests
 from requests.adapters import BaseAdapter
 
 from bot.config import InstagramSettings, Settings
-from bot.errors import BadInput, MediaGone, PublishCoolDown, PublishError, PublishPaused
+from bot.captions import check_caption
+from bot.errors import BadInput, CaptionTooLong, MediaGone, PublishCoolDown, PublishError, PublishPaused
 from bot.publish.base import Publication, Submission, register_publisher
 from bot.store import atomic_write_bytes, iso, utcnow
 
@@ -85,7 +89,9 @@ _SECRET_PATTERNS = [
     re.compile(r"(Bearer\s+IGT:\d+:)[A-Za-z0-9+/=_-]+"),
     re.compile(r"(#PWD_INSTAGRAM[^:\s]*:\d+:\d+:)[A-Za-z0-9+/=]+"),
     re.compile(r"""(sessionid["']?\s*[:=]\s*["']?)[^"'\s;,&}]+""", re.IGNORECASE),
-    re.compile(r"""((?:enc_)?password["']?\s*[:=]\s*["']?)[^"'\s;,&}]+""", re.IGNORECASE),
+    # Not after a letter: instagrapi's "BadPassword: The password you entered..."
+    # is an exception name, and masking its next word read as a leaked password.
+    re.compile(r"""(?<![A-Za-z])((?:enc_)?password["']?\s*[:=]\s*["']?)[^"'\s;,&}]+""", re.IGNORECASE),
 ]
 _MASK = "********"
 
@@ -297,19 +303,77 @@ def save_session(client: Any, path: Path) -> None:
 
 def load_session(client: Any, path: Path) -> bool:
     """Load a saved session into ``client``, then re-apply our settings over
-    the transport, TLS and retry settings the file restores."""
+    the transport, TLS and retry settings the file restores. False when there
+    is no usable session: log in with the password, as on the first run.
+
+    * A file others may read (copied from a backup, another machine) is made
+      0600 first: it is as good as the password.
+    * A file that is not a session (hand-edited, another tool's, cut short) is
+      moved aside to ``<name>.corrupt`` and treated as absent. Loading it used
+      to fail every post with the same parse error, reported as "cannot tell
+      whether an earlier attempt was published", and `bot login` crashed on it.
+    * A file this user cannot read (written by root, say) stops with a
+      message saying how to fix it, not as a network error retried forever.
+    """
     if not path.is_file():
         return False
-    client.load_settings(path)
+    try:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            os.chmod(path, 0o600)
+            log.warning("instagram: %s was readable by other users; made it owner-only (0600)", path)
+    except OSError as exc:  # another user's file: say so, and let the read below decide
+        log.warning("instagram: %s is readable by other users and cannot be made owner-only (%s)", path, exc)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _set_aside(client, path, exc)
+    except OSError as exc:
+        raise PublishPaused(
+            f"cannot read the saved Instagram session {path} ({exc.strerror or exc}); give it to the user "
+            f"the bot runs as (chown, chmod 600) or delete it, then run `bot login`"
+        ) from None
+    try:
+        saved = json.loads(text)
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        client.set_settings(saved)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        return _set_aside(client, path, exc)
     client.apply_bot_settings()
     install_secret_filter(client.sessionid, client.authorization)
     return True
+
+
+def _set_aside(client: Any, path: Path, exc: Exception) -> bool:
+    """Move an unusable session file out of the way (kept 0600 for a person to
+    look at), reset ``client`` to a fresh one, and say so."""
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    client.set_settings({})
+    client.apply_bot_settings()
+    log.warning("instagram: the saved session %s is not usable (%s: %s); moved it to %s and logging in again",
+                path, type(exc).__name__, SECRETS.mask(str(exc))[:200], aside.name)
+    return False
 
 
 def totp_code(seed: str) -> str:
     import pyotp
 
     return pyotp.TOTP(seed.replace(" ", "")).now()
+
+
+def totp_seed_problem(seed: str) -> str | None:
+    """Why ``seed`` is not a base32 authenticator seed, or None. Checked before
+    any work: found at login time, a typo cost a whole generation and came out
+    as "unexpected error while logging in (Error: Non-base32 digit found)"."""
+    if not seed:
+        return None
+    try:
+        totp_code(seed)
+    except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+        return (f"instagram.totp_seed (BOT_INSTAGRAM_TOTP_SEED) is not a usable authenticator seed ({exc}); "
+                "expected the base32 key (letters A-Z, digits 2-7) shown when two-factor authentication was set up")
+    return None
 
 
 # -- error mapping -----------------------------------------------------------------
@@ -334,8 +398,13 @@ def classify(exc: BaseException, settings: InstagramSettings, *, configure_sent:
         )
     if isinstance(exc, (ig.ChallengeError, ig.AccountSuspended, ig.TwoFactorRequired)):
         return PublishPaused(f"Instagram wants a person to act while {action} ({what}); {LOGIN_HINT}")
-    if isinstance(exc, (ig.LoginRequired, ig.ReloginAttemptExceeded, ig.BadPassword, ig.BadCredentials,
-                        ig.ClientUnauthorizedError)):
+    if isinstance(exc, (ig.BadPassword, ig.BadCredentials)):
+        # `bot login` with the same password would be refused too: say which setting to check.
+        return PublishPaused(
+            f"Instagram refused the login while {action} ({what}); check the password in "
+            f"BOT_INSTAGRAM_PASSWORD (or the file BOT_INSTAGRAM_PASSWORD_FILE names), then {LOGIN_HINT}"
+        )
+    if isinstance(exc, (ig.LoginRequired, ig.ReloginAttemptExceeded, ig.ClientUnauthorizedError)):
         return PublishPaused(f"Instagram refused the login while {action} ({what}); {LOGIN_HINT}")
     if isinstance(exc, (ig.MediaNotFound, ig.MediaUnavailable)):
         return MediaGone(f"Instagram says the media does not exist while {action} ({what})")
@@ -441,6 +510,9 @@ class InstagramPublisher:
             problems.append(f"instagram.delay_range = {ig.delay_range!r}; expected two seconds values 0 <= low <= high")
         if ig.cooldown_seconds <= 0:
             problems.append(f"instagram.cooldown_seconds = {ig.cooldown_seconds!r}; expected a positive number")
+        seed_problem = totp_seed_problem(ig.totp_seed)
+        if seed_problem:
+            problems.append(seed_problem)
         if problems:
             raise BadInput("the instagram publisher cannot run: " + "; ".join(problems))
 
@@ -570,6 +642,7 @@ class InstagramPublisher:
     def publish(self, submission: Submission) -> Publication:
         # a. check what we send before anything is sent
         image = self._read_image(submission.image_path)
+        self._check_caption(submission)
         # b. an earlier attempt of this post may have landed: never send twice
         if submission.previous_attempt_ids and len(submission.previous_attempt_ids) > 1:
             found = self.find(submission)
@@ -613,13 +686,30 @@ class InstagramPublisher:
             return {"duplicates": others}
         return {}
 
+    def _check_caption(self, submission: Submission) -> None:
+        """The caption is read back from the post's caption.txt, which a person
+        may have edited since it was rendered and checked; Instagram would take
+        the upload and refuse (or silently drop) the caption only afterwards.
+        Retryable: once the file is fixed, the next `bot post` sends it."""
+        try:
+            check_caption(submission.caption)
+        except CaptionTooLong as exc:
+            raise PublishError(
+                f"nothing was sent: {exc}. This post's caption is {submission.image_path.parent / 'caption.txt'}; "
+                "shorten it, then run `bot post`", retryable=True,
+            ) from None
+
     def _read_image(self, path: Path) -> bytes:
         from PIL import Image
 
         try:
-            with Image.open(path) as im:
-                size, kind = im.size, im.format
             data = Path(path).read_bytes()
+            # Decode it all, not just the header: a JPEG cut short (disk full,
+            # a copy interrupted) has the right size and format, uploads
+            # fine, and is refused by Instagram only at the configure call.
+            with Image.open(io.BytesIO(data)) as im:
+                size, kind = im.size, im.format
+                im.load()
         except OSError as exc:
             raise PublishError(f"cannot read the image {path}: {exc}", retryable=False) from None
         if size != IMAGE_SIZE or kind != "JPEG":

@@ -17,6 +17,9 @@ Served (paths as instagrapi sends them):
   The password is decrypted with the key handed out and checked.
 * account: ``GET /api/v1/accounts/current_user/`` (the session check).
 * publishing: ``POST /rupload_igphoto/<name>``, ``POST /api/v1/media/configure/``.
+* challenges (only when :attr:`FakeInstagram.challenge_step` is set):
+  ``GET /api/v1/challenge/`` answers that step; the Bloks ``take_challenge``
+  call with a new password changes :attr:`FakeInstagram.password`.
 * reading: ``GET /api/v1/feed/user/<id>/`` (paged: ``max_id`` in,
   ``next_max_id`` and ``more_available`` out), ``GET /api/v1/media/<pk>/info/``,
   ``POST /api/v1/ads/graphql/`` (media insights, business accounts only).
@@ -102,6 +105,9 @@ class FakeInstagram:
         self.refusals: list[_Refusal] = []
         self.likes_per_read = 3  # each media_info read sees more likes, so snapshots differ
         self.released = threading.Event()
+        # The step ``GET /api/v1/challenge/`` answers while a challenge is being
+        # resolved (e.g. {"step_name": "change_password", ...}); None: not served.
+        self.challenge_step: dict[str, Any] | None = None
         self._next_pk = 3100000000000000000
         self.server: ThreadingHTTPServer | None = None
 
@@ -325,6 +331,12 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, {"challenge_nonce": "fake-challenge-nonce", "key_nonce": "fake-key-nonce", "status": "ok"}, {}
         if path.endswith("caa.login.async.send_login_request/"):
             return self._login(record)
+        if path == "/api/v1/challenge/" and fake.challenge_step is not None:
+            return 200, {**fake.challenge_step, "status": "ok"}, {}
+        if path.endswith("challenge.navigation.take_challenge/") and "enc_new_password1" in record.form:
+            # the "change your password" step: the account's password is now the one sent
+            fake.password = fake.decrypt_password(record.form["enc_new_password1"])
+            return 200, {"action": "close", "status": "ok"}, {}
         if path.startswith("/api/v1/bloks/") or path in ("/api/v1/launcher/sync/",):
             return 200, ok, {}
         if not self._authorized():
