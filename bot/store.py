@@ -171,7 +171,13 @@ def atomic_write_bytes(path: Path, payload: bytes, *, mode: int | None = None) -
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new entry in ``folder`` durable: without it, a power
+    loss can bring back the folder as it was before, whatever was fsynced inside."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.publish.base import Publication, Submission, register_publisher
-from bot.store import iso, utcnow
+from bot.store import fsync_dir, iso, utcnow
 
 
 class OutboxPublisher:
@@ -45,6 +45,10 @@ class OutboxPublisher:
         if existing is not None:  # never send the same post twice
             return existing
         self.root.mkdir(parents=True, exist_ok=True)
+        # staging folders of this post left by a crashed attempt: the post is
+        # sent once, from a fresh one (one post at a time per state folder)
+        for stale in self.root.glob(f".{submission.post_id}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{submission.post_id}.", dir=self.root))
         published_at = iso(utcnow())
         try:
@@ -61,7 +65,11 @@ class OutboxPublisher:
             for item in staging.iterdir():
                 with open(item, "rb") as handle:
                     os.fsync(handle.fileno())
+            fsync_dir(staging)
             os.rename(staging, self.root / submission.post_id)
+            # the rename itself must survive a power loss, or the store could
+            # say "published" with no outbox folder to show for it
+            fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
