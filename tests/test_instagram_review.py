@@ -243,3 +243,28 @@ def test_a_caption_edited_past_instagrams_limits_is_not_sent(fake, tmp_path):
     assert "caption.txt" in str(info.value)
     assert info.value.retryable and not info.value.outcome_unknown
     assert fake.requests == []
+
+
+def test_a_session_that_cannot_be_saved_after_publishing_does_not_make_the_outcome_unknown(fake, tmp_path, monkeypatch, caplog):
+    """The post is out once the configure call answers with its media; a full
+    disk while saving the refreshed session afterwards used to turn that into
+    "outcome unknown", an alarming message for a post that had landed."""
+    import errno
+
+    import bot.publish.instagram as instagram
+
+    publisher = InstagramPublisher(load_settings())
+    real_save = instagram.save_session
+    saves = []
+
+    def save_then_disk_full(client, path):
+        saves.append(path)
+        if len(saves) > 1:  # the login's save works; the one after the configure call does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(client, path)
+
+    monkeypatch.setattr(instagram, "save_session", save_then_disk_full)
+    with caplog.at_level(logging.WARNING, logger="bot.publish.instagram"):
+        publication = publisher.publish(_submission(tmp_path))
+    assert publication.media_id and len(fake.medias) == 1
+    assert "published, but the session could not be saved" in caplog.text

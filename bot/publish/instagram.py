@@ -663,8 +663,14 @@ class InstagramPublisher:
                 retryable=True,
                 outcome_unknown=True,
             )
-        # e. save the refreshed session, then look once for a double landing
-        save_session(self._client, self.session_file)
+        # e. save the refreshed session (best effort: the post is out, and a
+        #    full disk here must not turn it into "outcome unknown"), then
+        #    look once for a double landing
+        try:
+            save_session(self._client, self.session_file)
+        except OSError as exc:
+            log.warning("post %s: published, but the session could not be saved (%s); the next run logs in "
+                        "from the older session", submission.post_id, exc)
         extra = {"attempt_id": submission.attempt_id, "caption_fingerprint": caption_fingerprint(submission.caption)}
         extra.update(self._duplicates_of(submission, str(media.get("pk"))))
         return _publication(media, upload_id=upload_id, extra=extra)
