@@ -65,7 +65,8 @@ def _request_inputs(app: AppContext, prompt: str | None, topic: str | None
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--generator", "generator_name", help="Registered generator (default: the topic's, else vqgan-clip).")
 @click.option("--seed", type=int, help="Random seed (default: random, recorded in manifest.json).")
-@click.option("--out", "out_dir", required=True, type=OutputFolder(), help="Folder for image.png etc.")
+@click.option("--out", "out_dir", required=True, type=OutputFolder(),
+              help="Folder for image.png etc.: a new one, or one without an earlier image (never overwritten).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @pass_app
 def command(app: AppContext, prompt: str | None, topic: str | None, size: str | None, iterations: int | None,
@@ -85,6 +86,7 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str | 
     from generators import GenerationRequest, get_generator
 
     # 1. check inputs (nothing is written before the generator's check passes)
+    _check_no_earlier_image(Path(out_dir))
     prompts, options, model, topic_generator, topic_size = _request_inputs(app, prompt, topic)
     generator_name = generator_name or topic_generator or "vqgan-clip"
     width, height = _parse_size(size or topic_size)
@@ -113,6 +115,22 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str | 
     else:
         click.echo(f"wrote {manifest['files']['image']} (seed {seed}, "
                    f"{len(result.loss_curve or [])} steps, {result.timings.get('total_s', 0):.0f} s)")
+
+
+OUTPUT_NAMES = ("image.png", "loss_curve.png", "manifest.json", "snapshots")
+
+
+def _check_no_earlier_image(out: Path) -> None:
+    """Refuse an --out folder that holds the outputs of an earlier run, before
+    any work: the new image would replace the old one and its manifest (the
+    only record of how to make it again), and the old snapshots would stay
+    beside the new image as if they were its own."""
+    found = [name for name in OUTPUT_NAMES if (out / name).exists()]
+    if found:
+        raise BadInput(
+            f"--out {str(out)!r} already holds {', '.join(found)} from an earlier run; allowed: a new folder, "
+            f"or one without {', '.join(OUTPUT_NAMES)} (move them away to keep them)"
+        )
 
 
 def _write_outputs(out: Path, result: Any) -> dict[str, Any]:

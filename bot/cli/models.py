@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 import click
 
 from bot.cli.common import AppContext, emit_json, pass_app, progress_bar
-from bot.errors import BadInput
+from bot.errors import BadInput, BotError
 from generators.errors import CorruptModel
 
 
@@ -73,7 +74,7 @@ def fetch(app: AppContext, names: tuple[str, ...], force: bool, trust: bool) -> 
     for name in names:
         store.spec(name)  # unknown names fail before any download
     for name in names:
-        with _progress_on_first_byte(f"fetching {name}") as progress:
+        with _progress_on_first_byte(f"fetching {name}") as progress, _disk_errors(name, store.root):
             result = store.fetch(name, progress=progress, force=force, trust=trust)
         click.echo(f"{name}: {result.outcome.value} "
                    f"({', '.join(f['path'] for f in result.entry['files'].values())})")
@@ -96,6 +97,20 @@ def _progress_on_first_byte(label: str) -> Iterator[Callable[[int, int, dict], N
         yield update
 
 
+@contextmanager
+def _disk_errors(name: str, root: Path) -> Iterator[None]:
+    """A full disk or a folder this user cannot write is a message, not a
+    traceback. The store stays usable: a model is renamed into place only
+    when complete, and a partial download is kept to resume."""
+    try:
+        yield
+    except OSError as exc:
+        raise BotError(
+            f"model {name!r} was not installed: {exc}. Free disk space or fix the permissions under {root}, "
+            "then run the command again"
+        ) from None
+
+
 @command.command("import")
 @click.argument("name")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="VQGAN .ckpt (or .safetensors).")
@@ -116,14 +131,20 @@ def import_(app: AppContext, name: str, checkpoint: str | None, config_file: str
     """
     if weights and (checkpoint or config_file):
         raise BadInput("give either --weights (CLIP) or --checkpoint and --config (VQGAN), not both")
+    if clip_model and not weights:
+        # It would be ignored: a VQGAN's architecture comes from its --config.
+        raise BadInput(f"--clip-model {clip_model!r} is only allowed with --weights (CLIP); "
+                       "a VQGAN takes --checkpoint and --config")
     if weights:
         files, kind = {"weights": weights}, "clip"
     elif checkpoint and config_file:
         files, kind = {"checkpoint": checkpoint, "config": config_file}, "vqgan"
     else:
         raise BadInput("give --checkpoint and --config for a VQGAN, or --weights for CLIP")
+    store = _store(app)
     try:
-        entry = _store(app).import_files(name, files, kind=kind, open_clip_name=clip_model, trust=trust)
+        with _disk_errors(name, store.root):
+            entry = store.import_files(name, files, kind=kind, open_clip_name=clip_model, trust=trust)
     except CorruptModel as exc:  # the files the person named: bad input (exit 2), the store unchanged
         raise BadInput(str(exc)) from None
     click.echo(f"{name}: installed ({', '.join(f['path'] for f in entry['files'].values())})")

@@ -10,6 +10,7 @@ Layout::
                                          started with, sent as If-Range on resume
     models/.downloads/<name>/<file>      a finished download, kept only until it is
                                          installed or fails a check (then deleted)
+    models/.downloads/<name>.lock        held by the fetch of <name> that is running
 
 Nothing half-written ever appears under ``models/<name>``: a model is built in
 ``models/.tmp-<name>-*`` and renamed into place, then the manifest is replaced
@@ -26,10 +27,10 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from generators.errors import CorruptModel, DownloadFailed, InvalidRequest, ModelUnavailable
 from generators.models.checkpoints import UntrustedCheckpoint, load_state_dict, sha256_file
@@ -92,7 +93,14 @@ class ModelStore:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise CorruptModel(f"model manifest {path} is unreadable ({exc})") from exc
-        data.setdefault("models", {})
+        if isinstance(data, dict):
+            data.setdefault("models", {})
+        problem = _manifest_problem(data)
+        if problem:
+            raise CorruptModel(
+                f"model manifest {path} is not valid: {problem}. It is left as it is: correct it, or move it "
+                "aside and install the models again (bot models fetch NAME / bot models import NAME ...)"
+            )
         return data
 
     def entry(self, name: str) -> dict[str, Any] | None:
@@ -179,6 +187,25 @@ class ModelStore:
         if previous is not None and not force and self.intact(name):
             return FetchResult(FetchOutcome.ALREADY_INSTALLED, previous)
         folder = self.root / ".downloads" / name
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # Two fetches of one model would append to the same .part file.
+        lock = FileLock(str(self.root / ".downloads" / f"{name}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise DownloadFailed(
+                f"another `bot models fetch` of {name!r} is running (it holds {lock.lock_file}); "
+                "wait for it to finish, then run the command again"
+            ) from None
+        try:
+            return self._fetch_locked(spec, previous, folder, force=force, trust=trust, progress=progress)
+        finally:
+            lock.release()
+
+    def _fetch_locked(self, spec: ModelSpec, previous: dict[str, Any] | None, folder: Path, *, force: bool,
+                      trust: bool, progress: Progress | None) -> FetchResult:
+        """The download and install of ``fetch``, under the model's download lock."""
+        name = spec.name
         if force:
             shutil.rmtree(folder, ignore_errors=True)
         retry = fetch_command(spec)
@@ -232,6 +259,13 @@ class ModelStore:
         kind = kind or (spec.kind if spec else None)
         if kind not in ("vqgan", "clip"):
             raise InvalidRequest(f"model {name!r}: kind {kind!r} is not allowed; use vqgan or clip")
+        if spec is not None and kind != spec.kind:
+            # Installed under a known name, the wrong kind would be listed as
+            # that model, satisfy `fetch`, and fail every generate that uses it.
+            raise InvalidRequest(
+                f"model {name!r} is a {spec.kind} model (a known download), not {kind}; import {kind} files "
+                f"under another name (e.g. my_{kind}), or give {name} its own files: {IMPORT_ARGS[spec.kind]}"
+            )
         paths = {role: Path(p) for role, p in files.items()}
         for role, p in paths.items():
             if not p.is_file():
@@ -308,7 +342,10 @@ class ModelStore:
         part = folder / (source.filename + ".part")
         validators = folder / (source.filename + ".part.json")
         have = part.stat().st_size if part.exists() else 0
-        headers = {}
+        # The file's own bytes: requests asks for gzip by default and decodes
+        # it, and then neither Content-Length nor a Range offset counts the
+        # bytes written here (a compressed reply looked truncated on every try).
+        headers = {"Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
             if_range = _read_if_range(validators)
@@ -381,6 +418,9 @@ class ModelStore:
                     shutil.rmtree(stale, ignore_errors=True)
             staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
             try:
+                # mkdtemp makes it owner-only; the model folder gets the mode
+                # of any new folder, so that another user (a container's) can read it.
+                os.chmod(staging, 0o777 & ~_umask())
                 if kind == "vqgan":
                     _convert_vqgan(files["checkpoint"], files["config"], staging, allow_full_unpickle)
                 else:
@@ -458,9 +498,37 @@ def _read_if_range(path: Path) -> str:
         return ""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _manifest_problem(data: Any) -> str | None:
+    """What is wrong with a parsed manifest, or None. Checked on every read:
+    a hand-edited or foreign file gave a traceback (AttributeError, KeyError)
+    in list, verify and fetch, and a file path outside the store would have
+    been read and hashed as a model file."""
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        return 'it must be a JSON object whose "models" is an object of name: entry'
+    for name, entry in data["models"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
+            return f'model {name!r}: the entry must be an object with "files"'
+        for role, info in entry["files"].items():
+            if not (isinstance(info, dict) and isinstance(info.get("path"), str)
+                    and isinstance(info.get("sha256"), str)):
+                return f'model {name!r}, file {role!r}: it must be an object with a "path" and a "sha256"'
+            relative = PurePosixPath(info["path"])
+            if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+                return (f"model {name!r}, file {role!r}: path {info['path']!r} is not allowed; "
+                        "use a path inside the model folder, e.g. NAME/model.safetensors")
+    return None
+
+
 def _atomic_write_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # not mkstemp's owner-only mode: see _install
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.flush()

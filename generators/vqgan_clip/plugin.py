@@ -66,15 +66,38 @@ ALLOWED_OPTIONS = {
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for ``--device``: auto, cpu or cuda[:N]. Other torch
+    devices (meta, mps, xpu ...) and a GPU index past the last GPU are refused
+    here: they passed the check before and failed after the models loaded."""
     if name in ("", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
         raise InvalidRequest(f"device {name!r} is not a torch device; use auto, cpu or cuda[:N]") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidRequest(f"device {name!r} is not supported; use auto, cpu or cuda[:N]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidRequest(f"device {name!r}: CUDA is not available here; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise InvalidRequest(f"device {name!r}: this machine has {count} GPU(s); use auto, cuda or "
+                             f"cuda:0 to cuda:{count - 1}")
     return device
+
+
+# What torch.Generator.manual_seed accepts: a signed or an unsigned 64-bit integer.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _check_seed(seed: Any) -> None:
+    """A seed torch can take; a larger one failed with an OverflowError only
+    after the models had loaded."""
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InvalidRequest(f"seed {seed!r} is not an integer; allowed: between {low} and {high}")
+    if not low <= seed <= high:
+        raise InvalidRequest(f"seed {seed} is out of range; allowed: between {low} and {high}")
 
 
 def _parse(value: Any, kind: type) -> Any:
@@ -269,6 +292,7 @@ class VQGANCLIPGenerator:
         if request.model:  # the request's weights set names the VQGAN in the model store
             options["vqgan"] = request.model
         prompts = parse_prompts(request.prompts, argument="prompt")
+        _check_seed(request.seed)
         device = resolve_device(request.device)
         profile = options.get("profile", "auto")
         if profile not in ("auto", "cpu", "full"):
@@ -343,8 +367,11 @@ class VQGANCLIPGenerator:
         store = ModelStore(self.models_dir)
         vqgan_name = options.get("vqgan", DEFAULT_CONFIG["vqgan"])
         vqgan_paths = store.paths(vqgan_name)  # raises ModelUnavailable naming the fix
+        _check_kind(store, "vqgan", vqgan_name, "vqgan")
         clip_weights = str(options.get("clip_weights", DEFAULT_CONFIG["clip_weights"]))
         entry = store.entry(clip_weights)
+        if entry is not None:
+            _check_kind(store, "clip_weights", clip_weights, "clip")
         if options.get("clip_model") is not None:
             check_clip_name(options["clip_model"])  # an unknown name is the clearer error
         clip_name = _clip_architecture(options.get("clip_model"), clip_weights, (entry or {}).get("open_clip_name"))
@@ -457,6 +484,19 @@ def _clip_architecture(requested: Any, weights: str, recorded: str | None) -> st
         f"for the open_clip architecture {recorded!r}; leave clip_model out (it defaults to the store's) "
         f"or set it to {recorded!r}"
     )
+
+
+def _check_kind(store: Any, key: str, name: str, kind: str) -> None:
+    """Refuse a store model of the other kind (a CLIP named as ``vqgan``, or
+    the reverse) before anything loads: it failed with a KeyError, or only
+    once the weights did not fit the network."""
+    found = (store.entry(name) or {}).get("kind")
+    if found != kind:
+        same_kind = sorted(row["name"] for row in store.list() if row["installed"] and row["kind"] == kind)
+        raise InvalidRequest(
+            f"{key} {name!r} is a {found} model in the model store; {key} needs a {kind} model "
+            f"(installed: {', '.join(same_kind) or 'none'}; see bot models list)"
+        )
 
 
 def _store_names() -> set[str]:
