@@ -61,9 +61,10 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def save_generation(folder: Path, result: GenerationResult) -> dict[str, Any]:
-    """Write the image, its snapshots and the generator's report; the image last,
-    so that ``original.png`` on disk means the whole step finished."""
+def save_generation(folder: Path, result: GenerationResult, request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the image, its snapshots and the generator's report (with
+    ``request``, what the generator was asked for); the image last, so that
+    ``original.png`` on disk means the whole step finished."""
     folder.mkdir(parents=True, exist_ok=True)
     snapshot_files = {}
     for step, snapshot in sorted(result.snapshots.items()):
@@ -81,6 +82,7 @@ def save_generation(folder: Path, result: GenerationResult) -> dict[str, Any]:
         "snapshots": snapshot_files,
         "extras": jsonable(result.extras),
         "size": list(result.image.size),
+        "request": request,
     }
     atomic_write_text(folder / FILES["generation"], json.dumps(report, indent=1))
     atomic_write_bytes(folder / FILES["original"], _png_bytes(result.image.convert("RGB")))

@@ -1,7 +1,8 @@
 """One settings object, read once: defaults -> bot.toml -> BOT_* environment -> flags.
 
 Every setting ``key`` of table ``[section]`` can be overridden by the environment
-variable ``BOT_<SECTION>_<KEY>`` (upper case), e.g. ``BOT_SCHEDULE_CRON``.
+variable ``BOT_<SECTION>_<KEY>`` (upper case), e.g. ``BOT_SCHEDULE_CRON``; a
+``BOT_<SECTION>_*`` variable that names no setting is refused, as is an unknown key.
 Secrets (``instagram.password``, ``instagram.totp_seed``) are read only from
 the environment, or from a file the environment names
 (``BOT_INSTAGRAM_PASSWORD_FILE``), and are masked wherever settings are printed.
@@ -17,7 +18,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from bot.errors import ConfigError
 from bot.store import jsonable
@@ -128,6 +129,21 @@ class Settings:
 
 _SECTIONS = ("paths", "account", "publish", "posters", "instagram", "schedule")
 
+# Numbers that only make sense in a range: checked when read, so that every
+# command (`bot post` too, not only the daemon) refuses them, naming the setting.
+# [posters] values are checked by the poster renderer, [instagram] delay_range
+# by the Instagram publisher.
+_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "publish.max_attempts": ("1 or more", lambda v: v >= 1),
+    "publish.retry_backoff_seconds": ("0 or more", lambda v: v >= 0),
+    "instagram.cooldown_seconds": ("more than 0", lambda v: v > 0),
+    "instagram.engagement_schedule_hours": ("hours after publication, each 0 or more", lambda v: all(h >= 0 for h in v)),
+    "schedule.jitter_seconds": ("0 or more", lambda v: v >= 0),
+    "schedule.grace_seconds": ("0 or more", lambda v: v >= 0),
+    "schedule.heartbeat_seconds": ("more than 0", lambda v: v > 0),
+    "schedule.engagement_interval_minutes": ("0 (off) or more", lambda v: v >= 0),
+}
+
 
 def load_settings(
     config_path: str | os.PathLike[str] | None = None,
@@ -178,7 +194,7 @@ def _apply_file(settings: Settings, path: Path) -> None:
         if section == "generators":
             if not isinstance(table, dict) or not all(isinstance(t, dict) for t in table.values()):
                 raise ConfigError(f"{path}: [generators] must hold tables like [generators.gan]")
-            settings.generators.update({k: dict(v) for k, v in table.items()})
+            _apply_generator_tables(settings, path, table)
             continue
         if section not in _SECTIONS:
             raise ConfigError(
@@ -196,14 +212,52 @@ def _apply_file(settings: Settings, path: Path) -> None:
             _set(settings, section, key, value, origin=str(path))
 
 
+def _apply_generator_tables(settings: Settings, path: Path, tables: dict[str, Any]) -> None:
+    """Keep the ``[generators.<name>]`` tables under the name the generator
+    reads: ``[generators.vqgan-clip]``, spelt like the generator, used to be
+    stored as it was and never read (the generator asks for ``vqgan_clip``)."""
+    spelt: dict[str, str] = {}
+    for name, table in tables.items():
+        key = name.replace("-", "_")
+        if key in spelt:
+            raise ConfigError(
+                f"{path}: [generators.{spelt[key]}] and [generators.{name}] are the same generator's "
+                "settings; keep one of them"
+            )
+        spelt[key] = name
+        settings.generators[key] = dict(table)
+
+
+def check_generator_tables(settings: Settings, generator_names: Iterable[str]) -> None:
+    """Raise :class:`ConfigError` for a ``[generators.<name>]`` table that no
+    generator reads. A misspelt name was accepted and ignored: the post was
+    made with the defaults the person meant to change. Not done while loading,
+    because knowing the generators means importing them (and torch), which
+    commands like ``bot healthcheck`` must not pay for."""
+    allowed = sorted({name.replace("-", "_") for name in generator_names})
+    for name in settings.generators:
+        if name not in allowed:
+            raise ConfigError(
+                f"{settings.source}: [generators.{name}] names no generator; allowed: "
+                + ", ".join(f"[generators.{a}]" for a in allowed)
+            )
+
+
 def _apply_environment(settings: Settings, env: Mapping[str, str]) -> None:
+    _check_environment_names(settings, env)
     for section in _SECTIONS:
         for f in dataclasses.fields(getattr(settings, section)):
             name = f"BOT_{section.upper()}_{f.name.upper()}"
-            if name in env:
+            secret_file = env.get(f"{name}_FILE") if (section, f.name) in SECRET_KEYS else None
+            if secret_file and env.get(name):
+                raise ConfigError(
+                    f"${name} and ${name}_FILE are both set; allowed: one of them (the secret "
+                    "itself, or the file that holds it)"
+                )
+            if name in env and not secret_file:
                 _set(settings, section, f.name, env[name], origin=f"${name}")
-            elif (section, f.name) in SECRET_KEYS and f"{name}_FILE" in env:
-                secret_path = Path(env[f"{name}_FILE"])
+            elif secret_file:
+                secret_path = Path(secret_file)
                 try:
                     secret = secret_path.read_text(encoding="utf-8").strip()
                 except OSError as exc:
@@ -221,7 +275,33 @@ def _set(settings: Settings, section: str, key: str, value: Any, *, origin: str)
     if key not in names:
         raise ConfigError(f"{origin}: unknown key {section}.{key}; allowed: {', '.join(sorted(names))}")
     default = getattr(type(table)(), key)
-    setattr(table, key, _coerce(value, default, f"{section}.{key}", origin))
+    coerced = _coerce(value, default, f"{section}.{key}", origin)
+    allowed, test = _RANGES.get(f"{section}.{key}", ("", None))
+    if test is not None and not test(coerced):
+        raise ConfigError(f"{origin}: {section}.{key} = {coerced!r} is not allowed; allowed: {allowed}")
+    setattr(table, key, coerced)
+
+
+def _check_environment_names(settings: Settings, env: Mapping[str, str]) -> None:
+    """Refuse a ``BOT_<TABLE>_*`` variable that names no setting: a typo
+    (``BOT_SCHEDULE_CRONN``) was ignored without a word, and the bot ran on
+    the default the person meant to override."""
+    known = set()
+    for section in _SECTIONS:
+        for f in dataclasses.fields(getattr(settings, section)):
+            known.add(f"BOT_{section.upper()}_{f.name.upper()}")
+    known |= {f"BOT_{section.upper()}_{key.upper()}_FILE" for section, key in SECRET_KEYS}
+    for name in sorted(env):
+        if name.startswith("BOT_GENERATORS_"):
+            raise ConfigError(
+                f"${name}: [generators.*] settings are read from bot.toml only; put the setting in its "
+                "[generators.<name>] table there (e.g. [generators.gan])"
+            )
+        section = next((s for s in _SECTIONS if name.startswith(f"BOT_{s.upper()}_")), None)
+        if section is not None and name not in known:
+            prefix = f"BOT_{section.upper()}_"
+            allowed = sorted(k for k in known if k.startswith(prefix))
+            raise ConfigError(f"${name} is not a setting; allowed for [{section}]: {', '.join(allowed)}")
 
 
 def _coerce(value: Any, default: Any, name: str, origin: str) -> Any:
@@ -249,17 +329,25 @@ def _coerce(value: Any, default: Any, name: str, origin: str) -> Any:
             return number
         if isinstance(default, list):
             items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
-            kind = type(default[0]) if default else str
-            return [kind(v) for v in items]
+            # each item as a setting of its own: inf, nan and true used to pass inside a list
+            item_default = default[0] if default else ""
+            try:
+                return [_coerce(v, item_default, name, origin) for v in items]
+            except ConfigError:
+                raise ValueError from None
         if isinstance(default, Path):
-            if not str(value).strip():  # an unset shell variable; not the current folder
-                raise ValueError
+            if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+                raise ValueError  # state = 5, or an unset shell variable (not the current folder)
             return Path(str(value))
-        if isinstance(value, (dict, list)):
+        if not isinstance(value, str):  # url = 5 or cron = 18:00:00 in bot.toml: write it in quotes
             raise ValueError
-        return str(value)
+        return value
     except (TypeError, ValueError, OverflowError):
         kind = "path" if isinstance(default, Path) else type(default).__name__
+        if isinstance(default, list):
+            kind = f"list of {type(default[0]).__name__ if default else 'str'}"
+        elif isinstance(default, str):
+            kind = "str (text in quotes)"
         raise ConfigError(f"{origin}: {name} = {value!r} is not a valid {kind}") from None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shlex
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -21,16 +22,18 @@ from typing import Any
 
 from bot import archive
 from bot.captions import check_caption, render_caption
-from bot.config import Settings
+from bot.config import Settings, check_generator_tables
 from bot.errors import BadInput, BotError, PublishCoolDown, PublishError, PublishPaused, UnfinishedPost
-from bot.publish import Publisher, Submission, get_publisher, resolve_publisher_name
+from bot.publish import Publisher, Submission, get_publisher, publisher_names, resolve_publisher_name
 from bot.scheduling import choose_least_recent
-from bot.store import Store, check_state_dir, exclusive, iso, parse_iso, utcnow
-from bot.topics import Topic, get_topic, load_topics
+from bot.store import Store, check_state_dir, exclusive, iso, jsonable, parse_iso, utcnow
+from bot.topics import TOPICS_FILE, Topic, get_topic, load_topics
 from generators import (
     GenerationRequest,
     GeneratorError,
+    UnknownGenerator,
     generator_label,
+    generator_names,
     get_generator,
 )
 from generators.registry import Generator, ProgressCallback
@@ -73,8 +76,10 @@ def run_post(
     Raises :class:`BadInput` (nothing changed) or :class:`BotError` (the post
     keeps its state and error; run again to resume).
     """
-    # 1. check inputs that need no lock: state folder, topics, store readable
+    # 1. check inputs that need no lock: state folder, settings, topics, store readable
     check_state_dir(settings.paths.state)
+    check_generator_tables(settings, generator_names())
+    _check_publisher_setting(settings)
     topics = load_topics(settings.paths.templates)
 
     # 2. one post at a time per state folder (manual run or daemon)
@@ -82,6 +87,7 @@ def run_post(
         # 3. resume the unfinished post, or plan a new one
         post = _unfinished_post(store, topic, manual=manual)
         if post is not None:
+            _check_resume_flags(post, generator=generator, publisher=publisher, dry_run=dry_run, seed=seed)
             plan = _plan_for(settings, topics, post, progress)
             log.info("post %s: resuming from status %s", post["id"], post["status"])
         else:
@@ -123,6 +129,42 @@ def _unfinished_post(store: Store, topic: str | None, *, manual: bool) -> dict[s
     return post
 
 
+def _check_resume_flags(
+    post: dict[str, Any], *, generator: str | None, publisher: str | None, dry_run: bool, seed: int | None
+) -> None:
+    """Refuse flags that cannot apply to the unfinished post a run resumes.
+
+    They used to be dropped without a word: `bot post --dry-run` resumed a post
+    planned for Instagram and published it for real; --seed, --generator and
+    --publisher were ignored the same way.
+    """
+    conflicts = []
+    if dry_run and post["publisher"] != "outbox":
+        conflicts.append(f"--dry-run (it goes to publisher {post['publisher']!r}, for real)")
+    if publisher is not None and publisher != post["publisher"]:
+        conflicts.append(f"--publisher {publisher} (it goes to publisher {post['publisher']!r})")
+    if seed is not None and seed != post["seed"]:
+        conflicts.append(f"--seed {seed} (it has seed {post['seed']})")
+    if generator is not None and generator != post["generator"]:
+        conflicts.append(f"--generator {generator} (it is made by {post['generator']!r})")
+    if conflicts:
+        raise UnfinishedPost(
+            f"post {post['id']} (topic {post['topic']!r}, status {post['status']}) is unfinished and "
+            f"`bot post` finishes it first; {'; '.join(conflicts)} cannot apply to it. Run `bot post` "
+            "without these flags to finish it, then run again with them"
+        )
+
+
+def _check_publisher_setting(settings: Settings) -> None:
+    """Refuse a ``publish.publisher`` that names no publisher. A dry run (which
+    uses the outbox) never looked at it, so a typo passed every test run and the
+    first real run failed with a message that did not name the setting."""
+    configured = settings.publish.publisher
+    allowed = ["auto", *publisher_names()]
+    if configured not in allowed:
+        raise BadInput(f"publish.publisher = {configured!r} is not a publisher; allowed: {', '.join(allowed)}")
+
+
 def _plan_new(
     settings: Settings,
     store: Store,
@@ -157,17 +199,25 @@ def _plan_new(
     reasons = []
     for candidate in candidates:
         name = generator_name or candidate.generator
-        chosen = get_generator(name, settings.generator_config(name))
-        request = candidate.request(seed, progress)
         try:
+            chosen = get_generator(name, settings.generator_config(name))
+            request = candidate.request(seed, progress)
             chosen.check(request)
         except GeneratorError as exc:
-            if topic_slug is not None:
+            if isinstance(exc, UnknownGenerator):
+                if generator_name is not None:  # --generator names no generator, whatever the topic
+                    raise
+                # a typo in topics.toml, or a generator not installed here: say where it is set
+                exc.args = (f"{settings.paths.templates / TOPICS_FILE}: topic {candidate.slug!r} asks for {exc}",)
+                if topic_slug is not None:
+                    raise
+            elif topic_slug is not None:
                 # say which topic and generator the refused values come from (the person may
                 # have named only the topic, or forced a generator its options do not suit)
                 exc.args = (f"topic {candidate.slug} with generator {name}: {exc}", *exc.args[1:])
                 raise
             reasons.append(f"{candidate.slug}: {exc}")
+            log.warning("topic %s cannot be posted here, trying the next: %s", candidate.slug, exc)
             continue
         _check_caption(settings, candidate, name)
         return Plan(candidate, name, chosen, request, publisher_name, chosen_publisher)
@@ -302,7 +352,7 @@ def _generate(settings: Settings, store: Store, post: dict[str, Any], plan: Plan
             return store.update_post(post["id"], status="generated", artefacts=artefacts, seed=report["seed"], error=None)
     started = time.perf_counter()
     result = plan.generator.generate(plan.request)
-    report = archive.save_generation(folder, result)
+    report = archive.save_generation(folder, result, request=request_record(plan.request))
     log.info("post %s: generated in %.1f s", post["id"], time.perf_counter() - started)
     artefacts = {"original": archive.relative(settings.paths.state, folder / archive.FILES["original"])}
     return store.update_post(post["id"], status="generated", artefacts=artefacts, seed=report["seed"], error=None)
@@ -333,13 +383,27 @@ def _render(settings: Settings, store: Store, post: dict[str, Any], plan: Plan) 
     return store.update_post(post["id"], status="rendered", artefacts=artefacts, error=None)
 
 
+def request_record(request: GenerationRequest) -> dict[str, Any]:
+    """What a generator was asked for, as JSON: kept beside the image in
+    generation.json, because topics.toml may change before the manifest is
+    written (a resumed post) or the image is made again."""
+    return {"prompts": request.prompts, "size": request.size, "model": request.model,
+            "options": jsonable(request.options)}
+
+
 def _manifest(post: dict[str, Any], plan: Plan, report: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to make the same image again."""
+    """Everything needed to make the same image again, and the sources of
+    the caption's facts (topics.toml promises every fact's url is kept here)."""
+    # an image saved before generation.json kept the request: the topic as it is now
+    request = report.get("request") or request_record(plan.topic.request(report["seed"]))
     return {
         "post_id": post["id"],
         "created_at": post["created_at"],
         "topic": {"slug": plan.topic.slug, "name": plan.topic.name},
-        "prompts": plan.topic.prompts,
+        "prompts": request["prompts"],
+        "request": request,
+        "facts": [{"text": f.text, "source": f.source, "url": f.url} for f in plan.topic.facts],
+        "hashtags": list(plan.topic.hashtags),
         "generator": post["generator"],
         "model": post.get("model"),
         "seed": report["seed"],
@@ -356,11 +420,25 @@ def _manifest(post: dict[str, Any], plan: Plan, report: dict[str, Any]) -> dict[
             "last": (report["loss_curve"] or [None])[-1],
         },
         "packages": archive.package_versions(),
-        "regenerate": (
-            f"bot generate --generator {post['generator']} --topic {plan.topic.slug} --seed {report['seed']} "
-            f"--size {plan.request.size} --out regenerated-{post['id']}"
-        ),
+        "regenerate": _regenerate_command(post, plan.topic.slug, report, request),
     }
+
+
+def _regenerate_command(post: dict[str, Any], slug: str, report: dict[str, Any], request: dict[str, Any]) -> str:
+    """The `bot generate` command that makes the same image again. The prompts
+    are written out (topics.toml may have changed since); when the generator
+    reports the step it stopped at, the command runs exactly that many steps
+    with no time budget, because on a CPU the budget decides where VQGAN+CLIP
+    stops and a busier or quieter machine stops elsewhere."""
+    args = ["bot", "generate", "--generator", post["generator"], "--topic", slug, "--prompt", request["prompts"],
+            "--seed", str(report["seed"]), "--size", str(request["size"])]
+    profile = report["parameters"].get("profile")
+    if profile in ("cpu", "full"):  # "auto" picks by device: the same settings on another machine
+        args += ["--profile", profile]
+    stop_step = report["extras"].get("stop_step")
+    if isinstance(stop_step, int) and not isinstance(stop_step, bool) and stop_step > 0:
+        args += ["--iterations", str(stop_step), "--time-budget", "0"]
+    return shlex.join([*args, "--out", f"regenerated-{post['id']}"])
 
 
 # -- 6. publishing exactly once ---------------------------------------------------

@@ -28,7 +28,9 @@ def command(
     """Make one post: generate, archive, caption, poster, publish, record.
 
     Re-running after a failure or crash resumes the unfinished post; it is
-    never published twice.
+    never published twice. While a post is unfinished, flags that would
+    change it (--dry-run, --publisher, --seed, --generator, --topic) are
+    refused: run `bot post` without them to finish it first.
 
     \b
     Examples:
