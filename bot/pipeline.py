@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import secrets
 import shlex
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -350,12 +352,44 @@ def _generate(settings: Settings, store: Store, post: dict[str, Any], plan: Plan
             log.info("post %s: reusing the image a crashed run saved in %s", post["id"], folder)
             artefacts = {"original": archive.relative(settings.paths.state, original)}
             return store.update_post(post["id"], status="generated", artefacts=artefacts, seed=report["seed"], error=None)
+    _check_free_space(settings.paths.state)
     started = time.perf_counter()
     result = plan.generator.generate(plan.request)
-    report = archive.save_generation(folder, result, request=request_record(plan.request))
+    try:
+        report = archive.save_generation(folder, result, request=request_record(plan.request))
+    except OSError as exc:
+        raise BotError(f"cannot save the image in {folder} ({exc}); {_rescue(result.image, post['id'])}") from exc
     log.info("post %s: generated in %.1f s", post["id"], time.perf_counter() - started)
     artefacts = {"original": archive.relative(settings.paths.state, folder / archive.FILES["original"])}
     return store.update_post(post["id"], status="generated", artefacts=artefacts, seed=report["seed"], error=None)
+
+
+# A post's archive (image, JPEG, poster PDF, snapshots) takes a few tens of MB;
+# the margin is for the store and the daemon's other writes.
+MIN_FREE_BYTES = 200 * 1024 * 1024
+
+
+def _check_free_space(state_dir: Path) -> None:
+    """Refuse to start a generation (up to 40 minutes on a CPU) that could not
+    be saved: a full disk was found only when the image was written, and the
+    image was lost."""
+    free = shutil.disk_usage(state_dir).free
+    if free < MIN_FREE_BYTES:
+        raise BotError(
+            f"only {free / 2**20:.0f} MB free where the archive is ({state_dir}); a post needs at least "
+            f"{MIN_FREE_BYTES / 2**20:.0f} MB. Free some space, then run `bot post` again (nothing was generated)"
+        )
+
+
+def _rescue(image: Any, post_id: str) -> str:
+    """Save a generated image that could not go into the archive in the
+    system's temporary folder, so the work is not lost; say where."""
+    path = Path(tempfile.gettempdir()) / f"dstrtd-{post_id}.png"
+    try:
+        image.save(path)
+    except OSError as exc:
+        return f"it could not be saved elsewhere either ({exc}); free some space, then run `bot post` again"
+    return f"the image was saved to {path} instead; free some space, then run `bot post` again"
 
 
 def _render(settings: Settings, store: Store, post: dict[str, Any], plan: Plan) -> dict[str, Any]:

@@ -133,3 +133,36 @@ def test_an_account_url_without_its_scheme_is_refused_before_generating(
     assert code == 2 and "account.url" in err and "https://" in err, err
     assert PatternGenerator.calls == []
     assert_nothing_changed(state_dir)
+
+
+def test_a_disk_too_full_for_the_archive_is_said_before_generating(state_dir: Path, templates: Path, capsys, monkeypatch) -> None:
+    """A full disk was found only when the image was written, after the whole
+    generation (up to 40 minutes on a CPU), and the image was lost."""
+    import shutil as shutil_module
+
+    import bot.pipeline as pipeline
+
+    real = shutil_module.disk_usage
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: real(path)._replace(free=50 * 2**20))
+    code, _, err = run_bot(capsys, "post", "--topic", "reef")
+    assert code == 1 and "50 MB free" in err and "nothing was generated" in err, err
+    assert PatternGenerator.calls == []
+    [post] = records(state_dir)
+    assert post["status"] == "planned"  # the next run, with space, makes it
+
+
+def test_an_image_that_cannot_be_archived_is_kept_elsewhere(state_dir: Path, templates: Path, capsys, monkeypatch, tmp_path: Path) -> None:
+    import bot.archive as archive_module
+    import bot.pipeline as pipeline
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive_module, "save_generation", disk_full)
+    monkeypatch.setattr(pipeline.tempfile, "gettempdir", lambda: str(tmp_path))
+    code, _, err = run_bot(capsys, "post", "--topic", "reef")
+    assert code == 1 and "No space left on device" in err
+    [post] = records(state_dir)
+    rescued = tmp_path / f"dstrtd-{post['id']}.png"
+    assert f"saved to {rescued}" in err and rescued.stat().st_size > 0
+    assert PatternGenerator.calls and post["status"] == "planned"
