@@ -480,11 +480,19 @@ def _regenerate_command(post: dict[str, Any], slug: str, report: dict[str, Any],
 
 def _submission(settings: Settings, post: dict[str, Any], attempt_id: str) -> Submission:
     state = settings.paths.state
+    caption_path = state / post["artefacts"]["caption"]
+    try:
+        caption = caption_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:  # deleted or damaged by hand since it was rendered
+        raise BotError(
+            f"post {post['id']}: cannot read its caption {caption_path} ({exc}); put the caption back in that "
+            "file (UTF-8 text), then run `bot post` again. Nothing was sent."
+        ) from None
     return Submission(
         post_id=post["id"],
         attempt_id=attempt_id,
         image_path=state / post["artefacts"]["instagram"],
-        caption=(state / post["artefacts"]["caption"]).read_text(encoding="utf-8"),
+        caption=caption,
         metadata={"topic": post["topic"], "generator": post["generator"], "seed": post["seed"], "created_at": post["created_at"]},
         previous_attempt_ids=[a["id"] for a in post.get("attempts", [])],
     )
@@ -519,10 +527,13 @@ def _publish(settings: Settings, store: Store, post: dict[str, Any], plan: Plan)
 
     # b. record the attempt before the call, then call
     attempt = {"id": uuid.uuid4().hex, "publisher": plan.publisher_name, "started_at": iso(utcnow()), "outcome": "pending"}
+    # read what is sent (the caption file) before the attempt is recorded: a
+    # file that cannot be read then leaves the post rendered, not "publishing"
+    submission = _submission(settings, {**post, "attempts": [*post.get("attempts", []), attempt]}, attempt["id"])
     post = store.append_to_post(post["id"], "attempts", attempt)
     post = store.update_post(post["id"], status="publishing")
     try:
-        publication = publisher.publish(_submission(settings, post, attempt["id"]))
+        publication = publisher.publish(submission)
     except PublishError as exc:
         hold = _hold(exc)
         if hold:

@@ -55,3 +55,17 @@ def test_the_rename_that_publishes_is_synced_to_disk(tmp_path: Path, monkeypatch
     outbox.publish(submission)
     assert (state / "outbox").stat().st_ino in synced_dirs
     assert (state / "outbox" / submission.post_id).stat().st_ino in synced_dirs
+
+
+def test_a_damaged_outbox_record_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    from bot.errors import PublishError
+
+    state = tmp_path / "state"
+    outbox = OutboxPublisher(load_settings(environ={"BOT_PATHS_STATE": str(state)}))
+    submission = _submission(tmp_path)
+    outbox.publish(submission)
+    record = state / "outbox" / submission.post_id / "sent.json"
+    record.write_text('{"post_id": "cut sho', encoding="utf-8")
+    with pytest.raises(PublishError, match="outbox record .*sent.json is unreadable") as caught:
+        outbox.find(submission)
+    assert not caught.value.retryable and "move" in str(caught.value)

@@ -166,3 +166,22 @@ def test_an_image_that_cannot_be_archived_is_kept_elsewhere(state_dir: Path, tem
     rescued = tmp_path / f"dstrtd-{post['id']}.png"
     assert f"saved to {rescued}" in err and rescued.stat().st_size > 0
     assert PatternGenerator.calls and post["status"] == "planned"
+
+
+def test_a_caption_file_deleted_before_publishing_is_explained(state_dir: Path, templates: Path, capsys, monkeypatch) -> None:
+    """The caption is sent as its file holds it; a file deleted by hand
+    between rendering and publishing gave a FileNotFoundError traceback."""
+    import bot.pipeline as pipeline
+
+    real_publish = pipeline._publish
+
+    def delete_caption_first(settings, store, post, plan):
+        (settings.paths.state / post["artefacts"]["caption"]).unlink()
+        return real_publish(settings, store, post, plan)
+
+    monkeypatch.setattr(pipeline, "_publish", delete_caption_first)
+    code, _, err = run_bot(capsys, "post", "--topic", "reef")
+    assert code == 1 and "cannot read its caption" in err and "Traceback" not in err, err
+    assert outbox_entries(state_dir) == []
+    [post] = records(state_dir)
+    assert post["status"] == "rendered"

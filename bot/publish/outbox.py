@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from bot.config import Settings
+from bot.errors import PublishError
 from bot.publish.base import Publication, Submission, register_publisher
 from bot.store import fsync_dir, iso, utcnow
 
@@ -31,14 +32,23 @@ class OutboxPublisher:
         record = self.root / submission.post_id / "sent.json"
         if not record.is_file():
             return None
-        sent = json.loads(record.read_text(encoding="utf-8"))
-        return Publication(
-            publisher=self.name,
-            published_at=sent["published_at"],
-            media_id=sent["media_id"],
-            url=(self.root / submission.post_id).as_uri(),
-            extra={"attempt_id": sent["attempt_id"]},
-        )
+        try:
+            sent = json.loads(record.read_text(encoding="utf-8"))
+            return Publication(
+                publisher=self.name,
+                published_at=sent["published_at"],
+                media_id=sent["media_id"],
+                url=(self.root / submission.post_id).as_uri(),
+                extra={"attempt_id": sent["attempt_id"]},
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # the folder only ever appears whole, so the post was sent; its
+            # record was edited or damaged since
+            raise PublishError(
+                f"the outbox record {record} is unreadable ({type(exc).__name__}: {exc}); the post was "
+                f"written to the outbox: repair that file, or move {record.parent} away to send it again",
+                retryable=False,
+            ) from None
 
     def publish(self, submission: Submission) -> Publication:
         existing = self.find(submission)
