@@ -578,8 +578,22 @@ def _attempt_failed(
     post = store.update_post(post["id"], status=status, error=error, **changes)
     log.warning("post %s: publish attempt %s: %s (%s) -> %s", post["id"], attempt["id"], outcome, exc, status)
     if reraise:
-        raise BotError(f"post {post['id']}: not published ({outcome}): {exc}; status is now {status}") from exc
+        raise BotError(f"post {post['id']}: not published ({outcome}): {exc}; {_what_next(status)}") from exc
     return post
+
+
+# What a person can do about a post left in each status after a failed attempt.
+_NEXT_STEP = {
+    "rendered": "nothing was published; run `bot post` to try again (the daemon retries on its own)",
+    "failed": "the post is marked failed and will not be tried again",
+    "publishing": "it may have landed; run `bot post` to check and finish (it is never sent twice)",
+    "cooling_down": "Instagram asked the bot to slow down; it tries again after the cool-down",
+    "paused": "Instagram wants a person to act; run `bot login`, then `bot post`",
+}
+
+
+def _what_next(status: str) -> str:
+    return f"status is now {status}: {_NEXT_STEP.get(status, 'run `bot status` for details')}"
 
 
 def _record_published(store: Store, post: dict[str, Any], attempt_id: str, publication: Any) -> dict[str, Any]:

@@ -198,8 +198,10 @@ def test_render_failure_resumes_without_generating_again(
 
 def test_publish_failure_then_success_publishes_once(state_dir: Path, templates: Path, capsys) -> None:
     FlakyPublisher.fail_before = 2
-    assert run_bot(capsys, "post", "--topic", "reef", "--publisher", "flaky")[0] == 1
-    assert records(state_dir)[0]["status"] == "rendered"
+    code, _, err = run_bot(capsys, "post", "--topic", "reef", "--publisher", "flaky")
+    assert code == 1 and records(state_dir)[0]["status"] == "rendered"
+    # a retryable failure says so; "failed ... status is now rendered" read as final
+    assert "nothing was published; run `bot post` to try again" in err
     assert run_bot(capsys, "post", "--publisher", "flaky")[0] == 1
     code, out, err = run_bot(capsys, "post", "--json")
     assert code == 0, err
@@ -214,7 +216,7 @@ def test_publish_gives_up_after_max_attempts(state_dir: Path, templates: Path, c
     FlakyPublisher.fail_before = 5
     run_bot(capsys, "post", "--topic", "reef", "--publisher", "flaky")
     code, _, err = run_bot(capsys, "post")
-    assert code == 1 and "failed" in err
+    assert code == 1 and "marked failed and will not be tried again" in err
     assert records(state_dir)[0]["status"] == "failed"
     # a finished (failed) post is not resumed: the next run starts a new post
     assert run_bot(capsys, "post", "--topic", "reef")[0] == 0
