@@ -5,20 +5,35 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 
 from bot.cli.common import AppContext, OutputFolder, emit_json, pass_app, progress_bar
-from bot.errors import BadInput
+from bot.errors import BadInput, BotError
 
 
 DEFAULT_SIZE = "480"
 
+# The flag that sets each request option (and request field), for the
+# generator's messages: `--snapshot 900` should not come back as snapshot_steps.
+FLAG_NAMES = {
+    "iterations": "--iterations", "cutouts": "--cutouts", "candidates": "--candidates", "stop": "--stop",
+    "snapshot_steps": "--snapshot", "init_image": "--init-image", "image_prompts": "--image-prompt",
+    "profile": "--profile", "time_budget_s": "--time-budget", "prompts": "--prompt", "seed": "--seed",
+    "device": "--device", "size": "--size",
+}
 
-def _parse_size(value: str) -> tuple[int, int]:
+
+def _parse_size(value: str, name: str = "--size") -> tuple[int, int]:
+    """``480`` or ``480x320`` as (width, height); ``name`` is where it came
+    from (``--size`` or the topic's setting)."""
     text = value.lower().strip()
     try:
         if "x" in text:
@@ -26,16 +41,28 @@ def _parse_size(value: str) -> tuple[int, int]:
         else:
             width = height = int(text)
     except ValueError:
-        raise BadInput(f"--size {value!r} is not a size; use e.g. 480 or 480x320 (multiples of 16)") from None
+        raise BadInput(f"{name} {value!r} is not a size; use e.g. 480 or 480x320 (multiples of 16)") from None
     return width, height
 
 
-def _request_inputs(app: AppContext, prompt: str | None, topic: str | None
-                    ) -> tuple[str, dict[str, Any], str | None, str | None, str]:
+@dataclass
+class _Inputs:
+    """What --prompt and/or --topic ask for, and the setting each value of the
+    topic came from (``names``), so that an error names what to edit."""
+
+    prompts: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    generator: str | None = None
+    size: str = DEFAULT_SIZE
+    names: dict[str, str] = field(default_factory=dict)
+
+
+def _request_inputs(app: AppContext, prompt: str | None, topic: str | None) -> _Inputs:
     """Prompts, options, model, generator and size from --prompt and/or --topic
     (the flags win; the size is the topic's, as a post of it would use)."""
     if topic is None:
-        return prompt or "", {}, None, None, DEFAULT_SIZE
+        return _Inputs(prompts=prompt or "")
     from bot.topics import load_topics  # written alongside; imported only when needed
 
     topics = load_topics(app.settings.paths.templates)
@@ -43,7 +70,20 @@ def _request_inputs(app: AppContext, prompt: str | None, topic: str | None
         raise BadInput(f"--topic {topic!r} is not a topic; known: {', '.join(topics)}")
     chosen = topics[topic]
     request = chosen.request()
-    return prompt or chosen.prompts, request.options, chosen.model, chosen.generator, str(request.size)
+    names = {key: f"topics.{topic}.options.{key}" for key in chosen.options}
+    names.update({"prompts": f"topics.{topic}.prompts", "model": f"topics.{topic}.model"})
+    return _Inputs(prompt or chosen.prompts, request.options, chosen.model, chosen.generator, str(request.size), names)
+
+
+def _option_names(generator_name: str, config: dict[str, Any], inputs: _Inputs, given: set[str]) -> dict[str, str]:
+    """What the generator's messages call each value: the flag when one of
+    ``given`` set it, else the topic's setting, else the bot.toml setting of
+    ``[generators.<name>]`` (the order in which they override each other)."""
+    table = generator_name.replace("-", "_")
+    names = {key: f"generators.{table}.{key}" for key in config}
+    names.update(inputs.names)
+    names.update({key: FLAG_NAMES[key] for key in given})
+    return names
 
 
 @click.command("generate")
@@ -87,9 +127,11 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str | 
 
     # 1. check inputs (nothing is written before the generator's check passes)
     _check_no_earlier_image(Path(out_dir))
-    prompts, options, model, topic_generator, topic_size = _request_inputs(app, prompt, topic)
-    generator_name = generator_name or topic_generator or "vqgan-clip"
-    width, height = _parse_size(size or topic_size)
+    inputs = _request_inputs(app, prompt, topic)
+    options = inputs.options
+    generator_name = generator_name or inputs.generator or "vqgan-clip"
+    size_name = "--size" if size is not None else inputs.names.get("size", "size")
+    width, height = _parse_size(size or inputs.size, size_name)
     if time_budget is not None and not (math.isfinite(time_budget) and time_budget >= 0):
         raise BadInput(f"--time-budget {time_budget!r} is not allowed; use seconds >= 0 (0 = no budget)")
     flags = {"iterations": iterations, "cutouts": cutouts, "candidates": candidates, "stop": stop,
@@ -100,11 +142,17 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str | 
         options.update({"width": width, "height": height})
     if snapshots:
         options["snapshot_steps"] = list(snapshots)
+    given = {key for key, value in {**flags, "size": size, "prompts": prompt, "snapshot_steps": snapshots or None,
+                                    "seed": seed, "device": device}.items() if value is not None}
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
-    generator = get_generator(generator_name, app.settings.generator_config(generator_name))
+    config = app.settings.generator_config(generator_name)
+    config["option_names"] = _option_names(generator_name, config, inputs, given)
+    if width != height:  # the width and height options came from that size
+        config["option_names"].update({"width": f"{size_name} width", "height": f"{size_name} height"})
+    generator = get_generator(generator_name, config)
     with progress_bar("generating") as progress:
-        request = GenerationRequest(prompts=prompts, seed=seed, size=width, model=model, options=options,
-                                    device=device, progress=progress)
+        request = GenerationRequest(prompts=inputs.prompts, seed=seed, size=width, model=inputs.model,
+                                    options=options, device=device, progress=progress)
         generator.check(request)
         # 2. generate
         result = generator.generate(request)
@@ -134,27 +182,64 @@ def _check_no_earlier_image(out: Path) -> None:
 
 
 def _write_outputs(out: Path, result: Any) -> dict[str, Any]:
+    """Write the outputs into a temp folder inside ``out``, then rename each
+    into place. A write that fails (a full disk) leaves no half-set behind,
+    which would look like a complete run of its own, and is a message naming
+    --out rather than a traceback."""
+    created = not out.exists()
+    staging: Path | None = None
+    moved: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".generate-", dir=out))
+        manifest = _write_files(staging, out, result)
+        for name in OUTPUT_NAMES:  # renames in one folder: they need no space
+            if (staging / name).exists():
+                os.rename(staging / name, out / name)
+                moved.append(out / name)
+    except BaseException as exc:
+        for path in moved:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BotError(f"--out {str(out)!r}: the outputs could not be written ({exc}); none of them were "
+                           "kept. Free disk space or fix the folder's permissions, then run the command again"
+                           ) from None
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+    return manifest
+
+
+def _write_files(folder: Path, out: Path, result: Any) -> dict[str, Any]:
+    """Write the outputs into ``folder``; the manifest names them as they will
+    be once moved to ``out``."""
     from bot.store import atomic_write_bytes, atomic_write_text
 
-    out.mkdir(parents=True, exist_ok=True)
     files = {"image": str(out / "image.png")}
-    atomic_write_bytes(out / "image.png", _png(result.image))
+    atomic_write_bytes(folder / "image.png", _png(result.image))
     if result.loss_curve:
         from bot.archive import plot_loss_curve
 
-        plot_loss_curve(result.loss_curve, result.loss_label, result.parameters.get("prompts", ""), out / "loss_curve.png")
+        plot_loss_curve(result.loss_curve, result.loss_label, result.parameters.get("prompts", ""),
+                        folder / "loss_curve.png")
         files["loss_curve"] = str(out / "loss_curve.png")
     for step, image in sorted(result.snapshots.items()):
-        (out / "snapshots").mkdir(exist_ok=True)
-        path = out / "snapshots" / f"step-{step:05d}.png"
-        atomic_write_bytes(path, _png(image))
-        files[f"snapshot_{step}"] = str(path)
+        (folder / "snapshots").mkdir(exist_ok=True)
+        name = f"step-{step:05d}.png"
+        atomic_write_bytes(folder / "snapshots" / name, _png(image))
+        files[f"snapshot_{step}"] = str(out / "snapshots" / name)
     manifest = {
         "generator": result.generator, "seed": result.seed, "parameters": result.parameters,
         "models": result.models, "timings": result.timings, "loss_label": result.loss_label,
         "loss_curve": result.loss_curve, "extras": result.extras, "files": files,
     }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
     files["manifest"] = str(out / "manifest.json")
     return manifest
 

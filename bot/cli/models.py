@@ -82,9 +82,11 @@ def fetch(app: AppContext, names: tuple[str, ...], force: bool, trust: bool) -> 
 
 @contextmanager
 def _progress_on_first_byte(label: str) -> Iterator[Callable[[int, int, dict], None]]:
-    """A download progress bar that appears with the first bytes: ``fetch``
-    decides itself whether there is anything to download, and a model that is
-    already installed should print no empty bar."""
+    """A progress bar that appears with the first report: ``fetch`` decides
+    itself whether there is anything to check or download (hashing an
+    installed model of gigabytes, then the download, its check and the
+    conversion each report), and a fetch that fails before any work
+    should print no empty bar."""
     with ExitStack() as stack:
         bar: Callable[[int, int, dict], None] | None = None
 
@@ -143,8 +145,10 @@ def import_(app: AppContext, name: str, checkpoint: str | None, config_file: str
         raise BadInput("give --checkpoint and --config for a VQGAN, or --weights for CLIP")
     store = _store(app)
     try:
-        with _disk_errors(name, store.root):
-            entry = store.import_files(name, files, kind=kind, open_clip_name=clip_model, trust=trust)
+        # Hashing and converting a checkpoint of about 1 GB takes minutes: a bar on stderr.
+        with progress_bar(f"importing {name}") as progress, _disk_errors(name, store.root):
+            entry = store.import_files(name, files, kind=kind, open_clip_name=clip_model, trust=trust,
+                                       progress=progress)
     except CorruptModel as exc:  # the files the person named: bad input (exit 2), the store unchanged
         raise BadInput(str(exc)) from None
     click.echo(f"{name}: installed ({', '.join(f['path'] for f in entry['files'].values())})")
@@ -163,7 +167,8 @@ def verify(app: AppContext, name: str | None, as_json: bool) -> int:
         bot models verify vqgan_imagenet_f16_16384 --json
     """
     store = _store(app)
-    results = store.verify(name)
+    with progress_bar("verifying") as progress:  # on stderr: --json's stdout stays one document
+        results = store.verify(name, progress=progress)
     if as_json:
         emit_json(results)
     else:

@@ -33,18 +33,25 @@ import pickle
 import types
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from generators.errors import CorruptModel
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 20, *, progress: Callable[[int], None] | None = None) -> str:
+    """The file's sha256 in hex. ``progress`` gets the bytes read so far after
+    every chunk: a model of gigabytes takes a while to hash, and the caller may
+    want to show that work goes on."""
     digest = hashlib.sha256()
+    read = 0
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
+            read += len(block)
+            if progress is not None:
+                progress(read)
     return digest.hexdigest()
 
 

@@ -63,6 +63,30 @@ class FetchResult:
     entry: dict[str, Any]
 
 
+class _ByteProgress:
+    """Reports one step (``checking``, ``hashing``, ``converting``) over the
+    bytes of several files to a ``Progress`` callback as ``(done, total,
+    {"step": ..., "file": ...})``. Hashing or converting a model of gigabytes
+    takes minutes; without this the command shows nothing all that time."""
+
+    def __init__(self, progress: Progress | None, step: str, paths: list[Path]):
+        self.progress = progress
+        self.step = step
+        self.total = sum(p.stat().st_size for p in paths if p.is_file())
+        self.done = 0
+
+    def report(self, done: int, file: str) -> None:
+        if self.progress is not None:
+            self.progress(done, self.total, {"step": self.step, "file": file})
+
+    def sha256(self, path: Path) -> str:
+        """``sha256_file(path)``, reporting the bytes read."""
+        start = self.done
+        digest = sha256_file(path, progress=lambda read: self.report(start + read, path.name))
+        self.done = start + path.stat().st_size
+        return digest
+
+
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 RESERVED_NAMES = {MANIFEST, "gan"}  # the manifest, and models/gan/ with the trained GANs
 
@@ -184,7 +208,7 @@ class ModelStore:
         """
         spec = self.spec(name)
         previous = self.entry(name)  # an unreadable manifest fails here, not after the download
-        if previous is not None and not force and self.intact(name):
+        if previous is not None and not force and self.intact(name, progress=progress):
             return FetchResult(FetchOutcome.ALREADY_INSTALLED, previous)
         folder = self.root / ".downloads" / name
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +237,7 @@ class ModelStore:
         originals: dict[str, dict[str, Any]] = {}
         for source in spec.files:
             path = self._download(name, source, progress)
-            digest = sha256_file(path)
+            digest = _ByteProgress(progress, "hashing", [path]).sha256(path)
             if source.sha256 and digest != source.sha256:
                 path.unlink()
                 raise CorruptModel(
@@ -228,7 +252,8 @@ class ModelStore:
         verified = all(source.sha256 for source in pickles)
         try:
             entry = self._install(spec.name, spec.kind, downloaded, allow_full_unpickle=verified or trust,
-                                  open_clip_name=spec.open_clip_name, source="fetch", originals=originals)
+                                  open_clip_name=spec.open_clip_name, source="fetch", originals=originals,
+                                  progress=progress)
         except UntrustedCheckpoint as exc:
             # Not the file's fault: keep the download so that the run with
             # --trust does not download it again.
@@ -250,10 +275,15 @@ class ModelStore:
         return FetchResult(FetchOutcome.INSTALLED if previous is None else FetchOutcome.REINSTALLED, entry)
 
     def import_files(self, name: str, files: dict[str, str | os.PathLike[str]], *, kind: str | None = None,
-                     open_clip_name: str | None = None, trust: bool = False) -> dict[str, Any]:
+                     open_clip_name: str | None = None, trust: bool = False,
+                     progress: Progress | None = None) -> dict[str, Any]:
         """Install local files: ``{"checkpoint": ..., "config": ...}`` for a VQGAN,
         ``{"weights": ...}`` for CLIP. A pickle needing a full unpickle is read
-        only when its sha256 matches the known official file or ``trust``."""
+        only when its sha256 matches the known official file or ``trust``.
+
+        ``progress`` hears of the hashing and converting (a checkpoint of
+        about 1 GB takes minutes). An installed model of the other kind is not
+        replaced: every setting that names it expects its kind."""
         check_model_name(name)
         spec = KNOWN_MODELS.get(name)
         kind = kind or (spec.kind if spec else None)
@@ -265,6 +295,16 @@ class ModelStore:
             raise InvalidRequest(
                 f"model {name!r} is a {spec.kind} model (a known download), not {kind}; import {kind} files "
                 f"under another name (e.g. my_{kind}), or give {name} its own files: {IMPORT_ARGS[spec.kind]}"
+            )
+        installed = (self.entry(name) or {}).get("kind")
+        if installed is not None and installed != kind:
+            # Replacing it would silently change what every setting naming
+            # it gets: a clip_weights that gets a VQGAN fails only at run time.
+            raise InvalidRequest(
+                f"model {name!r} is installed as a {installed} model, not {kind}; allowed: {installed} files "
+                f"under this name ({IMPORT_ARGS[installed]}), or {kind} files under another name "
+                f"(e.g. my_{kind}). To reuse the name, first delete {self.root / name} and its entry in "
+                f"{self.root / MANIFEST}"
             )
         paths = {role: Path(p) for role, p in files.items()}
         for role, p in paths.items():
@@ -286,40 +326,46 @@ class ModelStore:
         originals: dict[str, dict[str, Any]] = {}
         official = {s.role: s.sha256 for s in spec.files} if spec else {}
         matches_official = True
+        hashing = _ByteProgress(progress, "hashing", list(paths.values()))
         for role, p in paths.items():
-            digest = sha256_file(p)
+            digest = hashing.sha256(p)
             verified = bool(official.get(role)) and digest == official.get(role)
             matches_official = matches_official and verified
             originals[role] = {"path": str(p.resolve()), "sha256": digest, "sha256_verified": verified}
         return self._install(name, kind, paths, allow_full_unpickle=trust or matches_official,
-                             open_clip_name=open_clip_name, source="import", originals=originals)
+                             open_clip_name=open_clip_name, source="import", originals=originals,
+                             progress=progress)
 
     # ------------------------------------------------------------------ verify
 
-    def verify(self, name: str | None = None) -> list[dict[str, Any]]:
-        """Re-check every installed file against the manifest's sha256."""
+    def verify(self, name: str | None = None, *, progress: Progress | None = None) -> list[dict[str, Any]]:
+        """Re-check every installed file against the manifest's sha256;
+        ``progress`` hears of the bytes hashed (models are gigabytes)."""
         models = self.manifest()["models"]
         names = [name] if name else sorted(models)
-        results = []
         for n in names:
             if n not in models:
                 raise ModelUnavailable(self.missing_message(n))
+        checking = _ByteProgress(progress, "checking",
+                                 [self.root / info["path"] for n in names for info in models[n]["files"].values()])
+        results = []
+        for n in names:
             problems = []
             for role, info in models[n]["files"].items():
                 path = self.root / info["path"]
                 if not path.is_file():
                     problems.append(f"{role}: {path} is missing")
-                elif sha256_file(path) != info["sha256"]:
+                elif checking.sha256(path) != info["sha256"]:
                     problems.append(f"{role}: {path} sha256 differs from the manifest")
             results.append({"name": n, "ok": not problems, "problems": problems})
         return results
 
-    def intact(self, name: str) -> bool:
+    def intact(self, name: str, *, progress: Progress | None = None) -> bool:
         """Whether ``name`` is installed with every file there and matching its
         recorded sha256 (what ``fetch`` needs to find to do nothing)."""
         if self.entry(name) is None:
             return False
-        return all(result["ok"] for result in self.verify(name))
+        return all(result["ok"] for result in self.verify(name, progress=progress))
 
     # ------------------------------------------------------------------ internals
 
@@ -390,7 +436,7 @@ class ModelStore:
                         out.write(chunk)
                         received += len(chunk)
                         if progress:
-                            progress(received, total, {"file": source.filename})
+                            progress(received, total, {"step": "downloading", "file": source.filename})
                 except requests.RequestException as exc:
                     raise CorruptModel(
                         f"download of {source.url} broke off at {received} bytes ({exc}); "
@@ -406,9 +452,11 @@ class ModelStore:
         return final
 
     def _install(self, name: str, kind: str, files: dict[str, Path], *, allow_full_unpickle: bool,
-                 open_clip_name: str, source: str, originals: dict[str, Any]) -> dict[str, Any]:
+                 open_clip_name: str, source: str, originals: dict[str, Any],
+                 progress: Progress | None = None) -> dict[str, Any]:
         """Convert ``files`` into a temp folder, check them, rename it into place,
-        then record the manifest entry."""
+        then record the manifest entry. Converting reports no bytes of its own:
+        ``progress`` hears when it starts and ends."""
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / ".store.lock")):
             # Every install holds the lock, so temp folders seen now were left
@@ -421,10 +469,14 @@ class ModelStore:
                 # mkdtemp makes it owner-only; the model folder gets the mode
                 # of any new folder, so that another user (a container's) can read it.
                 os.chmod(staging, 0o777 & ~_umask())
+                weights_file = files["checkpoint" if kind == "vqgan" else "weights"]
+                converting = _ByteProgress(progress, "converting", [weights_file])
+                converting.report(0, weights_file.name)
                 if kind == "vqgan":
                     _convert_vqgan(files["checkpoint"], files["config"], staging, allow_full_unpickle)
                 else:
                     _convert_clip(files["weights"], open_clip_name, staging, allow_full_unpickle)
+                converting.report(converting.total, weights_file.name)
                 target = self.root / name
                 if target.exists():
                     old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=self.root))
@@ -434,6 +486,8 @@ class ModelStore:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
+            written = [target / fname for fname in (WEIGHTS, CONFIG) if (target / fname).exists()]
+            hashing = _ByteProgress(progress, "hashing", written)
             entry = {
                 "name": name,
                 "kind": kind,
@@ -441,7 +495,7 @@ class ModelStore:
                 "installed_at": _now(),
                 "original": originals,
                 "files": {
-                    role: {"path": f"{name}/{fname}", "sha256": sha256_file(target / fname),
+                    role: {"path": f"{name}/{fname}", "sha256": hashing.sha256(target / fname),
                            "bytes": (target / fname).stat().st_size}
                     for role, fname in (("weights", WEIGHTS), ("config", CONFIG))
                     if (target / fname).exists()

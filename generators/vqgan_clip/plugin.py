@@ -15,6 +15,12 @@ Options (request ``options`` or config): ``iterations`` (hard cap), ``cutouts``,
 ``image_prompts`` ("path:weight | ..."), ``init_image``, ``init_weight``,
 ``width``/``height`` (else ``request.size`` square), ``time_budget_s``, ``fast``,
 ``precision``, ``compile``, ``profile``, ``max_side`` (0 = no cap).
+
+``option_names`` (config, set by a caller such as the CLI, not by people):
+``{key: name}`` for error messages, so that they name what the user typed or
+wrote (``{"iterations": "--iterations", "cutouts": "topics.reef.options.cutouts"}``).
+Besides the options, the keys ``prompts``, ``size``, ``seed``, ``device`` and
+``model`` name the request's fields. A key it leaves out is named as itself.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import io
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
@@ -65,23 +71,24 @@ ALLOWED_OPTIONS = {
 }
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, *, argument: str = "device") -> torch.device:
     """The torch device for ``--device``: auto, cpu or cuda[:N]. Other torch
     devices (meta, mps, xpu ...) and a GPU index past the last GPU are refused
-    here: they passed the check before and failed after the models loaded."""
+    here: they passed the check before and failed after the models loaded.
+    ``argument`` is what the messages call it (e.g. ``--device``)."""
     if name in ("", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise InvalidRequest(f"device {name!r} is not a torch device; use auto, cpu or cuda[:N]") from exc
+        raise InvalidRequest(f"{argument} {name!r} is not a torch device; use auto, cpu or cuda[:N]") from exc
     if device.type not in ("cpu", "cuda"):
-        raise InvalidRequest(f"device {name!r} is not supported; use auto, cpu or cuda[:N]")
+        raise InvalidRequest(f"{argument} {name!r} is not supported; use auto, cpu or cuda[:N]")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidRequest(f"device {name!r}: CUDA is not available here; use auto or cpu")
+        raise InvalidRequest(f"{argument} {name!r}: CUDA is not available here; use auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
-        raise InvalidRequest(f"device {name!r}: this machine has {count} GPU(s); use auto, cuda or "
+        raise InvalidRequest(f"{argument} {name!r}: this machine has {count} GPU(s); use auto, cuda or "
                              f"cuda:0 to cuda:{count - 1}")
     return device
 
@@ -90,14 +97,14 @@ def resolve_device(name: str) -> torch.device:
 SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
-def _check_seed(seed: Any) -> None:
+def _check_seed(seed: Any, name: str = "seed") -> None:
     """A seed torch can take; a larger one failed with an OverflowError only
     after the models had loaded."""
     low, high = SEED_RANGE
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InvalidRequest(f"seed {seed!r} is not an integer; allowed: between {low} and {high}")
+        raise InvalidRequest(f"{name} {seed!r} is not an integer; allowed: between {low} and {high}")
     if not low <= seed <= high:
-        raise InvalidRequest(f"seed {seed} is out of range; allowed: between {low} and {high}")
+        raise InvalidRequest(f"{name} {seed} is out of range; allowed: between {low} and {high}")
 
 
 def _parse(value: Any, kind: type) -> Any:
@@ -117,35 +124,38 @@ def _parse(value: Any, kind: type) -> Any:
     return number
 
 
-def _number(options: dict[str, Any], key: str, kind: type, low: float, high: float | None = None) -> Any:
+def _number(options: dict[str, Any], key: str, kind: type, low: float, high: float | None = None, *,
+            name: str | None = None) -> Any:
     """``options[key]`` as a finite ``kind`` in ``[low, high]``. NaN is refused
     explicitly: every comparison with it is false, so it would pass the range
     check and then, e.g. as ``stop_min_delta``, keep the plateau rule from
-    ever firing."""
+    ever firing. Messages call it ``name`` (the key by default)."""
     value = options[key]
+    name = name or key
     allowed = f">= {low}" if high is None else f"between {low} and {high}"
     try:
         number = _parse(value, kind)
     except ValueError:
         what = "an integer" if kind is int else "a finite number"
-        raise InvalidRequest(f"{key} {value!r} is not {what}; allowed: {allowed}") from None
+        raise InvalidRequest(f"{name} {value!r} is not {what}; allowed: {allowed}") from None
     if number < low or (high is not None and number > high):
-        raise InvalidRequest(f"{key} {value!r} is out of range; allowed: {allowed}")
+        raise InvalidRequest(f"{name} {value!r} is out of range; allowed: {allowed}")
     return number
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def _flag(options: dict[str, Any], key: str, default: bool) -> bool:
+def _flag(options: dict[str, Any], key: str, default: bool, *, name: str | None = None) -> bool:
     """``options[key]`` as a boolean. ``bool("false")`` is True, so a quoted
-    value from a topic or an environment variable must be read, not cast."""
+    value from a topic or an environment variable must be read, not cast.
+    Messages call it ``name`` (the key by default)."""
     value = options.get(key, default)
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE
-    raise InvalidRequest(f"{key} {value!r} is not a boolean; allowed: true or false")
+    raise InvalidRequest(f"{name or key} {value!r} is not a boolean; allowed: true or false")
 
 
 def _side(key: str, value: Any) -> int:
@@ -161,23 +171,24 @@ def _side(key: str, value: Any) -> int:
     return number
 
 
-def _max_side(options: dict[str, Any]) -> int:
+def _max_side(options: dict[str, Any], name: str = "max_side") -> int:
     """The profile's cap on the longest side: 0 (no cap) or at least 16."""
-    max_side = _number(options, "max_side", int, 0, 100_000)
+    max_side = _number(options, "max_side", int, 0, 100_000, name=name)
     if 0 < max_side < 16:
-        raise InvalidRequest(f"max_side {options['max_side']!r} is out of range; allowed: 0 (no cap) or 16 to 100000")
+        raise InvalidRequest(f"{name} {options['max_side']!r} is out of range; allowed: 0 (no cap) or 16 to 100000")
     return max_side
 
 
-def _snapshot_steps(raw: Any, iterations: int) -> tuple[int, ...]:
+def _snapshot_steps(raw: Any, iterations: int, *, name: str = "snapshot_steps",
+                    iterations_name: str = "iterations") -> tuple[int, ...]:
     """Step numbers in ``1..iterations``: a step outside that range would never
     be reached, and the snapshot would be silently missing from the output."""
-    allowed = f"whole step numbers from 1 to iterations ({iterations})"
+    allowed = f"whole step numbers from 1 to {iterations_name} ({iterations})"
     items = raw.replace(",", " ").split() if isinstance(raw, str) else raw
     if isinstance(items, int) and not isinstance(items, bool):
         items = [items]
     if not isinstance(items, (list, tuple, set)):
-        raise InvalidRequest(f"snapshot_steps {raw!r} is not a list of steps; allowed: {allowed}")
+        raise InvalidRequest(f"{name} {raw!r} is not a list of steps; allowed: {allowed}")
     steps, bad = set(), []
     for item in items:
         try:
@@ -185,7 +196,7 @@ def _snapshot_steps(raw: Any, iterations: int) -> tuple[int, ...]:
         except InvalidRequest:
             bad.append(item)
     if bad:
-        raise InvalidRequest(f"snapshot_steps {raw!r}: {bad!r} not allowed; allowed: {allowed}")
+        raise InvalidRequest(f"{name} {raw!r}: {bad!r} not allowed; allowed: {allowed}")
     return tuple(sorted(steps))
 
 
@@ -279,39 +290,56 @@ class VQGANCLIPGenerator:
     def __init__(self, config: dict[str, Any]):
         self.config = {**DEFAULT_CONFIG, **config}
         self.models_dir = Path(self.config.get("models_dir", "models"))
+        names = self.config.get("option_names") or {}
+        if not isinstance(names, Mapping):
+            raise InvalidRequest(f"option_names {names!r} is not allowed; use a table of option = name")
+        self.option_names: dict[str, str] = {str(k): str(v) for k, v in names.items()}
         self._cache: dict[tuple, Any] = {}
 
     # 1. check inputs -----------------------------------------------------------
     def plan(self, request: GenerationRequest) -> dict[str, Any]:
         """Validate everything and return the resolved plan; raises before any work."""
+        # Messages name each value as its user gave it (option_names), else by its key.
+        names = dict(self.option_names)
         options = {k: v for k, v in self.config.items() if k in ALLOWED_OPTIONS}
         unknown = sorted(set(request.options) - ALLOWED_OPTIONS)
         if unknown:
-            raise InvalidRequest(f"options {unknown} are not known; allowed: {', '.join(sorted(ALLOWED_OPTIONS))}")
+            raise InvalidRequest(f"options {', '.join(names.get(k, k) for k in unknown)} are not known; "
+                                 f"allowed: {', '.join(sorted(ALLOWED_OPTIONS))}")
         options.update(request.options)
         if request.model:  # the request's weights set names the VQGAN in the model store
             options["vqgan"] = request.model
-        prompts = parse_prompts(request.prompts, argument="prompt")
-        _check_seed(request.seed)
-        device = resolve_device(request.device)
+            names["vqgan"] = names.get("model", "vqgan")
+        prompts = parse_prompts(request.prompts, argument=names.get("prompts", "prompt"))
+        _check_seed(request.seed, names.get("seed", "seed"))
+        device = resolve_device(request.device, argument=names.get("device", "device"))
         profile = options.get("profile", "auto")
         if profile not in ("auto", "cpu", "full"):
-            raise InvalidRequest(f"profile {profile!r} is not allowed; use auto, cpu or full")
+            raise InvalidRequest(f"{names.get('profile', 'profile')} {profile!r} is not allowed; use auto, cpu or full")
         if profile == "auto":
             profile = "cpu" if device.type == "cpu" else "full"
-        options = {**(CPU_PROFILE if profile == "cpu" else FULL_PROFILE), **options}
+        defaults = CPU_PROFILE if profile == "cpu" else FULL_PROFILE
+        names.update({k: f"the {profile} profile's {k}" for k in defaults if k not in options})
+        options = {**defaults, **options}
+
+        def name(key: str) -> str:
+            return names.get(key, key)
+
         # name what the value came from: an option, or the request's square size
-        width = _side("size width", options["width"]) if "width" in options else _side("size", request.size)
-        height = _side("size height", options["height"]) if "height" in options else _side("size", request.size)
+        size = names.get("size", "size")
+        width = (_side(names.get("width", "size width"), options["width"]) if "width" in options
+                 else _side(size, request.size))
+        height = (_side(names.get("height", "size height"), options["height"]) if "height" in options
+                  else _side(size, request.size))
         for key in ("iterations", "cutouts", "candidates", "stop_min_steps", "stop_window"):
             if key in options:
-                options[key] = _number(options, key, int, 1, 100_000)
+                options[key] = _number(options, key, int, 1, 100_000, name=name(key))
         for key, low in (("cut_power", 0.0), ("learning_rate", 0.0), ("init_weight", 0.0), ("stop_min_delta", 0.0),
                          ("time_budget_s", 0.0)):
             if key in options:
-                options[key] = _number(options, key, float, low)
+                options[key] = _number(options, key, float, low, name=name(key))
         notes = []
-        max_side = _max_side(options) if options.get("max_side") is not None else 0
+        max_side = _max_side(options, name("max_side")) if options.get("max_side") is not None else 0
         if max_side and max(width, height) > max_side:
             scale = max_side / max(width, height)
             new_w, new_h = max(16, int(width * scale) // 16 * 16), max(16, int(height * scale) // 16 * 16)
@@ -319,15 +347,17 @@ class VQGANCLIPGenerator:
                          "(set option profile='full' to keep it)")
             width, height = new_w, new_h
         if options.get("stop", "plateau") not in ("plateau", "none"):
-            raise InvalidRequest(f"stop {options['stop']!r} is not allowed; use plateau or none")
+            raise InvalidRequest(f"{name('stop')} {options['stop']!r} is not allowed; use plateau or none")
         if options.get("precision", "auto") not in ("auto", "fp32", "bf16"):
-            raise InvalidRequest(f"precision {options['precision']!r} is not allowed; use auto, fp32 or bf16")
+            raise InvalidRequest(f"{name('precision')} {options['precision']!r} is not allowed; use auto, fp32 or bf16")
         if options.get("compile", "auto") not in ("auto", "on", "off"):
-            raise InvalidRequest(f"compile {options['compile']!r} is not allowed; use auto, on or off")
-        snapshot_steps = _snapshot_steps(options.get("snapshot_steps", []), options["iterations"])
-        image_prompts = _weighted_images(options["image_prompts"], "image_prompts") if options.get("image_prompts") else []
+            raise InvalidRequest(f"{name('compile')} {options['compile']!r} is not allowed; use auto, on or off")
+        snapshot_steps = _snapshot_steps(options.get("snapshot_steps", []), options["iterations"],
+                                         name=name("snapshot_steps"), iterations_name=name("iterations"))
+        image_prompts = (_weighted_images(options["image_prompts"], name("image_prompts"))
+                         if options.get("image_prompts") else [])
         init_image = options.get("init_image")
-        init_pixels = _read_image("init_image", Path(init_image).expanduser()) if init_image else None
+        init_pixels = _read_image(name("init_image"), Path(init_image).expanduser()) if init_image else None
         stop = None
         if options.get("stop", "plateau") == "plateau":
             stop = StopRule(
@@ -339,10 +369,10 @@ class VQGANCLIPGenerator:
             width=width, height=height, iterations=options["iterations"],
             learning_rate=options.get("learning_rate", 0.1), candidates=options.get("candidates", 1),
             cutouts=CutoutSettings(count=options["cutouts"], power=options["cut_power"],
-                                   augment=_flag(options, "augment", True)),
+                                   augment=_flag(options, "augment", True, name=name("augment"))),
             stop=stop, snapshot_steps=snapshot_steps, init_weight=options.get("init_weight", 0.0),
             time_budget_s=options.get("time_budget_s", 0.0),
-            fast=_flag(options, "fast", True), precision=options.get("precision", "auto"),
+            fast=_flag(options, "fast", True, name=name("fast")), precision=options.get("precision", "auto"),
             compile=options.get("compile", "auto"),
         )
         need, have = estimate_memory(settings, device), _available_memory(device)
@@ -352,7 +382,7 @@ class VQGANCLIPGenerator:
                 f"candidate(s) needs about {need / 2**30:.1f} GiB; {device} has {have / 2**30:.1f} GiB free. "
                 "Use a smaller size, fewer cutouts or fewer candidates"
             )
-        models = self._model_files(options)
+        models = self._model_files(options, name)
         return {"prompts": prompts, "device": device, "settings": settings, "profile": profile, "notes": notes,
                 "image_prompts": image_prompts, "init_image": init_image, "init_pixels": init_pixels,
                 "models": models}
@@ -360,21 +390,24 @@ class VQGANCLIPGenerator:
     def check(self, request: GenerationRequest) -> None:
         self.plan(request)
 
-    def _model_files(self, options: dict[str, Any]) -> dict[str, Any]:
+    def _model_files(self, options: dict[str, Any], name: Callable[[str], str] = str) -> dict[str, Any]:
+        """The store files (or open_clip tag) of the VQGAN and the CLIP;
+        ``name(key)`` is what messages call an option."""
         from generators.models.store import ModelStore
         from generators.vqgan_clip.clip_model import check_clip_name
 
         store = ModelStore(self.models_dir)
         vqgan_name = options.get("vqgan", DEFAULT_CONFIG["vqgan"])
         vqgan_paths = store.paths(vqgan_name)  # raises ModelUnavailable naming the fix
-        _check_kind(store, "vqgan", vqgan_name, "vqgan")
+        _check_kind(store, name("vqgan"), vqgan_name, "vqgan")
         clip_weights = str(options.get("clip_weights", DEFAULT_CONFIG["clip_weights"]))
         entry = store.entry(clip_weights)
         if entry is not None:
-            _check_kind(store, "clip_weights", clip_weights, "clip")
+            _check_kind(store, name("clip_weights"), clip_weights, "clip")
         if options.get("clip_model") is not None:
             check_clip_name(options["clip_model"])  # an unknown name is the clearer error
-        clip_name = _clip_architecture(options.get("clip_model"), clip_weights, (entry or {}).get("open_clip_name"))
+        clip_name = _clip_architecture(options.get("clip_model"), clip_weights, (entry or {}).get("open_clip_name"),
+                                       name)
         check_clip_name(clip_name)
         if entry is not None:
             clip_path: str = str(store.paths(clip_weights)["weights"])
@@ -467,7 +500,8 @@ class VQGANCLIPGenerator:
         return self._cache[key]
 
 
-def _clip_architecture(requested: Any, weights: str, recorded: str | None) -> str:
+def _clip_architecture(requested: Any, weights: str, recorded: str | None,
+                       name: Callable[[str], str] = str) -> str:
     """The open_clip architecture to build for ``weights``.
 
     For store weights it is the one the store converted them for
@@ -480,9 +514,9 @@ def _clip_architecture(requested: Any, weights: str, recorded: str | None) -> st
     if requested is None or requested == recorded:
         return recorded
     raise InvalidRequest(
-        f"clip_model {requested!r} does not match clip_weights {weights!r}, which the model store installed "
-        f"for the open_clip architecture {recorded!r}; leave clip_model out (it defaults to the store's) "
-        f"or set it to {recorded!r}"
+        f"{name('clip_model')} {requested!r} does not match {name('clip_weights')} {weights!r}, which the model "
+        f"store installed for the open_clip architecture {recorded!r}; leave {name('clip_model')} out (it "
+        f"defaults to the store's) or set it to {recorded!r}"
     )
 
 
