@@ -228,19 +228,35 @@ def _apply_generator_tables(settings: Settings, path: Path, tables: dict[str, An
         settings.generators[key] = dict(table)
 
 
-def check_generator_tables(settings: Settings, generator_names: Iterable[str]) -> None:
+def check_generator_tables(
+    settings: Settings, generator_names: Iterable[str], build: Callable[[str, dict[str, Any]], Any] | None = None
+) -> None:
     """Raise :class:`ConfigError` for a ``[generators.<name>]`` table that no
-    generator reads. A misspelt name was accepted and ignored: the post was
-    made with the defaults the person meant to change. Not done while loading,
-    because knowing the generators means importing them (and torch), which
-    commands like ``bot healthcheck`` must not pay for."""
-    allowed = sorted({name.replace("-", "_") for name in generator_names})
+    generator reads, and, given ``build`` (the registry's ``get_generator``),
+    for a key in a table that its generator refuses. A misspelt name or key
+    was accepted and ignored: the post was made with the defaults the person
+    meant to change. Not done while loading, because knowing the generators
+    means importing them (and torch), which commands like ``bot healthcheck``
+    must not pay for."""
+    names = list(generator_names)
+    allowed = sorted({name.replace("-", "_") for name in names})
     for name in settings.generators:
         if name not in allowed:
             raise ConfigError(
                 f"{settings.source}: [generators.{name}] names no generator; allowed: "
                 + ", ".join(f"[generators.{a}]" for a in allowed)
             )
+    if build is None:
+        return
+    from generators.errors import GeneratorError
+
+    for name in names:
+        table = name.replace("-", "_")
+        if table in settings.generators:
+            try:
+                build(name, settings.generator_config(name))  # builds only: no model is loaded
+            except GeneratorError as exc:
+                raise ConfigError(f"{settings.source}: [generators.{table}]: {exc}") from None
 
 
 def _apply_environment(settings: Settings, env: Mapping[str, str]) -> None:

@@ -80,7 +80,7 @@ def run_post(
     """
     # 1. check inputs that need no lock: state folder, settings, topics, store readable
     check_state_dir(settings.paths.state)
-    check_generator_tables(settings, generator_names())
+    check_generator_tables(settings, generator_names(), get_generator)
     _check_publisher_setting(settings)
     topics = load_topics(settings.paths.templates)
 
@@ -100,6 +100,32 @@ def run_post(
         post = _step(settings, store, post, "generate", lambda: _generate(settings, store, post, plan))
         post = _step(settings, store, post, "render", lambda: _render(settings, store, post, plan))
         return _publish(settings, store, post, plan)
+
+
+def abandon_unfinished(settings: Settings, store: Store) -> dict[str, Any]:
+    """Give up the unfinished post: mark it ``failed`` (kept in the store and
+    the archive, never resumed), so that the next run starts a new one.
+
+    For a post that cannot be finished any more: its topic was removed from
+    topics.toml, its model deleted, or it is not wanted. Until now such a post
+    blocked every `bot post` and the daemon for good. A post whose last attempt
+    may have landed (``publishing``) is refused: giving it up could leave a
+    published post recorded as failed; `bot post` checks and finishes it.
+    """
+    check_state_dir(settings.paths.state)
+    with exclusive(settings.paths.state, "post", "bot post"):
+        unfinished = store.unfinished_posts()
+        if not unfinished:
+            raise BadInput("--abandon: no post is unfinished; nothing to give up")
+        post = unfinished[0]
+        if post["status"] == "publishing":
+            raise BadInput(
+                f"--abandon: post {post['id']} may have been published (its last attempt's outcome is "
+                "unknown); run `bot post` to check and finish it instead"
+            )
+        error = {"step": "abandon", "message": f"given up by a person while {post['status']}", "at": iso(utcnow())}
+        log.info("post %s: abandoned while %s", post["id"], post["status"])
+        return store.update_post(post["id"], status="failed", error=error)
 
 
 # -- 3. planning ------------------------------------------------------------
@@ -276,14 +302,20 @@ def _plan_for(settings: Settings, topics: dict[str, Topic], post: dict[str, Any]
     if post["topic"] not in topics:
         raise BadInput(
             f"post {post['id']} is for topic {post['topic']!r}, which is no longer in "
-            f"{settings.paths.templates / 'topics.toml'}; put it back to finish the post"
+            f"{settings.paths.templates / 'topics.toml'}; put it back to finish the post, or give the post "
+            "up with `bot post --abandon`"
         )
     topic = topics[post["topic"]]
     chosen = get_generator(post["generator"], settings.generator_config(post["generator"]))
     request = topic.request(post["seed"], progress)
     request.model = post.get("model", request.model)
     if post["status"] == "planned":  # the image is still to be made
-        chosen.check(request)
+        try:
+            chosen.check(request)
+        except GeneratorError as exc:  # e.g. its model was removed since the post was planned
+            exc.args = (f"{exc.args[0] if exc.args else exc} (post {post['id']} is being resumed; to give it up "
+                        "instead, run `bot post --abandon`)", *exc.args[1:])
+            raise
     if post["status"] in ("planned", "generated"):  # the poster is still to be drawn
         check_poster_settings(settings)
     chosen_publisher = get_publisher(post["publisher"], settings)

@@ -223,13 +223,13 @@ def test_config_show_prints_toml_that_reads_back(tmp_path: Path, capsys, monkeyp
     into bot.toml was 'not valid TOML'."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BOT_PATHS_STATE", str(tmp_path / "state"))
-    config = write_config(tmp_path, '[posters]\nmark = true\n[generators.gan]\nsize = 512\n')
+    config = write_config(tmp_path, '[posters]\nmark = true\n[generators.gan]\nweights = "last"\n')
     code, out, err = run_bot(capsys, "--config", str(config), "config", "show")
     assert code == 0, err
     shown = tomllib.loads(out)
     assert shown["posters"]["mark"] is True and shown["publish"]["max_attempts"] == 3
     assert shown["instagram"]["delay_range"] == [1.0, 3.0]
-    assert shown["generators"]["gan"]["size"] == 512
+    assert shown["generators"]["gan"]["weights"] == "last"
 
 
 # -- topics.toml -----------------------------------------------------------------------

@@ -35,9 +35,9 @@ def show(app: AppContext, as_json: bool) -> None:
         bot config show
         BOT_SCHEDULE_CRON='0 9 * * *' bot config show --json
     """
-    from generators import generator_names
+    from generators import generator_names, get_generator
 
-    check_generator_tables(app.settings, generator_names())
+    check_generator_tables(app.settings, generator_names(), get_generator)
     data = app.settings.as_dict()
     if as_json:
         emit_json(data)

@@ -24,6 +24,7 @@ from generators.registry import GenerationRequest, GenerationResult, register_ge
 
 DEFAULT_MODEL = "hubble-128"
 OPTIONS = ("weights",)  # what a topic's options may set for this generator
+CONFIG_KEYS = ("model", "weights", "models_dir")  # [generators.gan] in bot.toml, and the models folder
 
 
 class GanGenerator:
@@ -32,6 +33,10 @@ class GanGenerator:
     name = "gan"
 
     def __init__(self, config: dict[str, Any]):
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        if unknown:  # a misspelt setting was dropped without a word
+            raise InvalidRequest(f"setting {unknown[0]!r} is not known to the gan generator; "
+                                 f"allowed: {', '.join(k for k in CONFIG_KEYS if k != 'models_dir')}")
         self.models_dir = Path(config.get("models_dir", "models"))
         self.default_model = str(config.get("model", DEFAULT_MODEL))
         self.default_weights = config.get("weights", "best")

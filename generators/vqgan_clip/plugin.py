@@ -60,6 +60,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "clip_weights": "clip_vit_b_32_openai",
     "profile": "auto",
 }
+# What the caller adds to the settings: where models are, and what to call each value in messages.
+CALLER_KEYS = {"models_dir", "option_names"}
 # The architecture for CLIP weights the store has no record of (a file path or an
 # open_clip tag). Store weights use the architecture recorded at install time.
 FALLBACK_CLIP_MODEL = "ViT-B-32-quickgelu"
@@ -288,6 +290,11 @@ class VQGANCLIPGenerator:
     name = NAME
 
     def __init__(self, config: dict[str, Any]):
+        # a misspelt setting (iteration = 100) was dropped without a word
+        unknown = sorted(set(config) - ALLOWED_OPTIONS - CALLER_KEYS)
+        if unknown:
+            raise InvalidRequest(f"setting {unknown[0]!r} is not known to the vqgan-clip generator; "
+                                 f"allowed: {', '.join(sorted(ALLOWED_OPTIONS))}")
         self.config = {**DEFAULT_CONFIG, **config}
         self.models_dir = Path(self.config.get("models_dir", "models"))
         names = self.config.get("option_names") or {}
