@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bot.config import Settings
-from bot.errors import MediaGone, PublishCoolDown, PublishError, PublishPaused
+from bot.errors import BotError, MediaGone, PublishCoolDown, PublishError, PublishPaused
 from bot.store import Store, iso, parse_iso, utcnow
 
 log = logging.getLogger("bot.engagement")
@@ -189,7 +189,12 @@ def _snapshot(publisher: Any, client: Any, post: dict[str, Any], slot: float, bu
 # -- summaries -----------------------------------------------------------------------
 
 
-def _growth(first: dict[str, Any], last: dict[str, Any], key: str) -> int | None:
+def _growth(snapshots: list[dict[str, Any]], key: str) -> int | None:
+    """Latest minus first snapshot; None with fewer than two snapshots, where
+    nothing was measured (a "+0" read as "this post gained nothing")."""
+    if len(snapshots) < 2:
+        return None
+    first, last = snapshots[0], snapshots[-1]
     if first.get(key) is None or last.get(key) is None:
         return None
     return last[key] - first[key]
@@ -197,17 +202,20 @@ def _growth(first: dict[str, Any], last: dict[str, Any], key: str) -> int | None
 
 def engagement_summary(store: Store) -> dict[str, Any]:
     """Latest counts and growth (latest minus first snapshot) per post and per
-    topic. A post found gone from Instagram is listed with its ``gone_at`` even
-    without a snapshot, so a person sees why it has no (new) numbers."""
+    topic. Every post published on Instagram is listed, also one without a
+    snapshot yet (just published, or its reads failed so far): leaving it out
+    looked as if it had never been posted. A post found gone from Instagram is
+    listed with its ``gone_at``, so a person sees why it has no (new) numbers.
+    Topic totals count only posts with snapshots."""
     posts: list[dict[str, Any]] = []
     topics: dict[str, dict[str, Any]] = defaultdict(lambda: {"posts": 0, "likes": 0, "comments": 0, "views": 0,
                                                              "likes_growth": 0, "comments_growth": 0, "snapshots": 0})
     for post in store.posts(status="published"):
         snapshots = sorted(post.get("engagement") or [], key=lambda s: s["taken_at"])
         gone_at = post.get("media_gone_at")
-        if not snapshots and not gone_at:
-            continue
-        first, last = (snapshots[0], snapshots[-1]) if snapshots else ({}, {})
+        if not snapshots and not gone_at and _published_at(post) is None:
+            continue  # a dry run to the outbox, or a post of another publisher
+        last = snapshots[-1] if snapshots else {}
         row = {
             "post_id": post["id"],
             "topic": post["topic"],
@@ -218,9 +226,10 @@ def engagement_summary(store: Store) -> dict[str, Any]:
             "likes": last.get("likes"),
             "comments": last.get("comments"),
             "views": last.get("views"),
-            "likes_growth": _growth(first, last, "likes"),
-            "comments_growth": _growth(first, last, "comments"),
+            "likes_growth": _growth(snapshots, "likes"),
+            "comments_growth": _growth(snapshots, "comments"),
             "gone_at": gone_at,
+            "missing_since": post.get("media_missing_since"),
         }
         posts.append(row)
         if not snapshots:
@@ -282,7 +291,13 @@ def plot_engagement(store: Store, out_path: Path) -> Path:
             ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_path, dpi=100)
+    except OSError as exc:
+        # a folder in the way, a file another user owns, a full disk: a message, not a traceback
+        raise BotError(f"cannot write the chart {out_path}: {exc.strerror or exc}; "
+                       "give another file with --chart, or fix that path") from exc
+    finally:
+        plt.close(fig)
     return out_path

@@ -20,7 +20,8 @@ from bot.engagement import collect_engagement, engagement_summary, plot_engageme
 def command(ctx: click.Context, app: AppContext, chart: Path | None, as_json: bool) -> None:
     """Latest likes, comments and views per post and per topic, with growth
     since the first snapshot, and a PNG chart of engagement over time per topic.
-    Posts deleted on Instagram are marked (and no longer read).
+    Posts deleted on Instagram are marked (and no longer read); growth is "-"
+    until a post has two snapshots.
 
     \b
     Examples:
@@ -38,10 +39,11 @@ def command(ctx: click.Context, app: AppContext, chart: Path | None, as_json: bo
         return
     click.echo(f"{'post':<34} {'topic':<14} {'likes':>6} {'+':>5} {'comments':>8} {'+':>5} {'views':>6} {'snaps':>5}")
     for row in summary["posts"]:
-        gone = f"  deleted on Instagram (found {row['gone_at']})" if row["gone_at"] else ""
         click.echo(f"{row['post_id']:<34} {row['topic']:<14} {_n(row['likes']):>6} {_n(row['likes_growth']):>5} "
                    f"{_n(row['comments']):>8} {_n(row['comments_growth']):>5} {_n(row['views']):>6} "
-                   f"{row['snapshots']:>5}{gone}")
+                   f"{row['snapshots']:>5}{_note(row)}")
+    if not summary["posts"]:
+        click.echo("(no post published on Instagram yet; `bot engagement collect` reads the counts of those that are)")
     click.echo("")
     click.echo(f"{'topic':<14} {'posts':>5} {'likes':>6} {'+':>5} {'comments':>8} {'+':>5}")
     for slug, row in summary["topics"].items():
@@ -52,6 +54,17 @@ def command(ctx: click.Context, app: AppContext, chart: Path | None, as_json: bo
 
 def _n(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+def _note(row: dict) -> str:
+    """Why a row has no (new) numbers, so a blank is not taken for zero."""
+    if row["gone_at"]:
+        return f"  deleted on Instagram (found {row['gone_at']})"
+    if row.get("missing_since"):
+        return f"  Instagram says not found since {row['missing_since']}; asked again on the next runs"
+    if not row["snapshots"]:
+        return "  no snapshot yet (taken once the first instagram.engagement_schedule_hours slot has passed)"
+    return ""
 
 
 @command.command("collect")

@@ -18,11 +18,16 @@ def collect_status(app: AppContext) -> dict[str, Any]:
 
     settings, store = app.settings, app.store
     heartbeat = read_heartbeat(settings.paths.state)
+    if heartbeat is not None and not isinstance(heartbeat, dict):  # valid JSON, but not a heartbeat
+        heartbeat = {"status": "unreadable", "last_tick": None}
     healthy, why = heartbeat_health(heartbeat, max_age_seconds=default_max_age(settings),
                                     max_busy_seconds=default_max_busy(settings))
     age = None
     if heartbeat and heartbeat.get("last_tick"):
-        age = round((utcnow() - parse_iso(heartbeat["last_tick"])).total_seconds(), 1)
+        try:
+            age = round((utcnow() - parse_iso(heartbeat["last_tick"])).total_seconds(), 1)
+        except (TypeError, ValueError):  # not a time, or one without a zone: heartbeat_health says so
+            age = None
     everything = store.posts()  # one read of the store: it is the slow part after years of posts
     posts = [p for p in everything if p["status"] in ATTENTION]
     return {
@@ -87,11 +92,15 @@ def command(app: AppContext, as_json: bool) -> None:
         click.echo(f"  status {heartbeat.get('status')}, pid {heartbeat.get('pid')}, last tick {heartbeat.get('last_tick')}")
         if heartbeat.get("stop_reason"):
             click.echo(f"  stop reason: {heartbeat['stop_reason']}")
-        for job, when in (heartbeat.get("next_runs") or {}).items():
+        next_runs = heartbeat.get("next_runs")
+        for job, when in (next_runs.items() if isinstance(next_runs, dict) else []):
             click.echo(f"  next {job}: {when}")
         for label in ("last_outcome", "last_error"):
             if heartbeat.get(label):
                 item = heartbeat[label]
+                if not isinstance(item, dict):  # a damaged heartbeat: show it as it is
+                    click.echo(f"  {label.replace('_', ' ')}: {item}")
+                    continue
                 click.echo(
                     f"  {label.replace('_', ' ')}: {item.get('job')} {item.get('outcome', '')} "
                     f"post {item.get('post_id')} at {item.get('finished_at')}" + (f": {item['error']}" if item.get("error") else "")
@@ -108,5 +117,9 @@ def command(app: AppContext, as_json: bool) -> None:
         click.echo("posts needing attention: none")
     for slot in data["slots"]:
         click.echo(f"slot {slot['slot']}: {slot['status']} (attempts {slot.get('attempts')}, post {slot.get('post_id')})")
+    for run in data["runs"]:  # newest last, as in the log
+        post = f" post {run['post_id']}" if run.get("post_id") else ""
+        error = f": {run['error']}" if run.get("error") else ""
+        click.echo(f"run {run.get('finished_at')} {run.get('job')}: {run.get('outcome')}{post}{error}")
     for alert in data["alerts"]:
         click.echo(f"alert: {alert}")
