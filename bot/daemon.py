@@ -91,12 +91,22 @@ def heartbeat_path(state_dir: Path) -> Path:
     return Path(state_dir) / HEARTBEAT_FILE
 
 
+# What a heartbeat file that is there but damaged (cut short, hand-edited) reads as:
+# a daemon in an unknown state, never a healthy one.
+UNREADABLE_HEARTBEAT: dict[str, Any] = {"status": "unreadable", "last_tick": None}
+
+
 def read_heartbeat(state_dir: Path) -> dict[str, Any] | None:
-    """The daemon's last heartbeat, or None when there is none (or it is unreadable)."""
+    """The daemon's last heartbeat; None when there is none, and
+    ``UNREADABLE_HEARTBEAT`` when the file is not a JSON object (a list used
+    to reach ``.get`` and end `bot healthcheck` in a traceback)."""
     try:
-        return json.loads(heartbeat_path(state_dir).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(heartbeat_path(state_dir).read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError):
+        return dict(UNREADABLE_HEARTBEAT)
+    return data if isinstance(data, dict) else dict(UNREADABLE_HEARTBEAT)
 
 
 def heartbeat_health(

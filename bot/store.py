@@ -335,7 +335,7 @@ class Store:
                 latest[post["topic"]] = when
         return latest
 
-    # -- other tables (daemon runs, slots, alerts) ---------------------------
+    # -- other tables (daemon runs, slots) ------------------------------------
 
     def insert(self, table: str, row: dict[str, Any], *, keep_last: int | None = None) -> None:
         """Add ``row`` to ``table``; with ``keep_last``, a log-like table (the

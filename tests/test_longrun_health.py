@@ -175,3 +175,16 @@ def test_a_shutdown_while_topics_are_passed_over_starts_no_new_post(tmp_path: Pa
     assert slot["status"] == "interrupted" and slot["attempts"] == 0
     [run] = daemon.store.rows("runs")
     assert run["outcome"] == "interrupted"
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"status": "runn', "\x00\x01"])
+def test_a_damaged_heartbeat_file_is_unhealthy_not_a_traceback(tmp_path: Path, content: str) -> None:
+    import os
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "heartbeat.json").write_text(content)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")} | {"BOT_PATHS_STATE": str(state)}
+    checked = subprocess.run([sys.executable, "-m", "bot", "healthcheck"], env=env, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert "no valid last_tick" in checked.stderr  # not "no heartbeat file": the file is there

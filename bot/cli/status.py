@@ -18,8 +18,6 @@ def collect_status(app: AppContext) -> dict[str, Any]:
 
     settings, store = app.settings, app.store
     heartbeat = read_heartbeat(settings.paths.state)
-    if heartbeat is not None and not isinstance(heartbeat, dict):  # valid JSON, but not a heartbeat
-        heartbeat = {"status": "unreadable", "last_tick": None}
     healthy, why = heartbeat_health(heartbeat, max_age_seconds=default_max_age(settings),
                                     max_busy_seconds=default_max_busy(settings))
     age = None
@@ -52,7 +50,7 @@ def collect_status(app: AppContext) -> dict[str, Any]:
         "published": sum(1 for p in everything if p["status"] == "published"),
         "slots": slot_rows(store)[:5],
         "runs": recent_runs(store, 5),
-        "alerts": _alerts(heartbeat, healthy, why, posts) + store.rows("alerts")[-10:],
+        "alerts": _alerts(heartbeat, healthy, why, posts),
     }
 
 
