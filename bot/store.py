@@ -321,7 +321,8 @@ class Store:
             rows = [r for r in rows if r.get("topic") == topic]
         if status is not None:
             rows = [r for r in rows if r.get("status") == status]
-        return sorted(rows, key=lambda r: (r["created_at"], r["id"]))
+        # .get: a record edited by hand without these keys must not stop every command
+        return sorted(rows, key=lambda r: (str(r.get("created_at", "")), str(r.get("id", ""))))
 
     def unfinished_posts(self) -> list[dict[str, Any]]:
         return [p for p in self.posts() if p["status"] not in FINISHED]

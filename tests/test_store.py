@@ -97,3 +97,13 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
         os.umask(old)
     assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "session.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_record_edited_without_its_dates_does_not_stop_listing(state_dir: Path) -> None:
+    """Posts are listed oldest first; a record a person edited by hand and
+    left without created_at gave a KeyError in every command that lists posts."""
+    store = Store(state_dir)
+    store.create_post({"id": "p1", "topic": "coral"})
+    with store.transaction():
+        store._table("posts").insert({"id": "p0", "topic": "forest", "status": "failed"})
+    assert [p["id"] for p in store.posts()] == ["p0", "p1"]
