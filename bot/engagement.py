@@ -266,10 +266,19 @@ def chart_series(store: Store, per_topic: int = CHART_POSTS_PER_TOPIC) -> dict[s
     return dict(series)
 
 
+# Where the time axis gets a labelled tick (the default snapshot ages).
+_AGE_TICKS = {1: "1 h", 6: "6 h", 24: "1 d", 72: "3 d", 168: "1 w", 720: "30 d"}
+
+
 def plot_engagement(store: Store, out_path: Path) -> Path:
-    """A PNG with one panel per topic: likes (solid) and comments (dashed) of
-    its most recent posts (``CHART_POSTS_PER_TOPIC``) against hours since
-    publication. ``bot engagement --json`` has every post's numbers."""
+    """A PNG with a row per topic: likes (left) and comments (right) of its
+    most recent posts (``CHART_POSTS_PER_TOPIC``) against the time since
+    publication. ``bot engagement --json`` has every post's numbers.
+
+    Comments get their own panel because they run at about a tenth of the
+    likes and sat flat near zero on a shared axis; time is on a log scale
+    because snapshots are taken at 1 h ... 30 d, and on a linear axis the
+    first day, where most of a post's likes come, was squeezed into a sliver."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -277,18 +286,25 @@ def plot_engagement(store: Store, out_path: Path) -> Path:
 
     series = chart_series(store)
     topics = sorted(series) or ["(no engagement yet)"]
-    fig, axes = plt.subplots(len(topics), 1, figsize=(11, 2.8 * len(topics)), squeeze=False)
-    for ax, topic in zip(axes[:, 0], topics):
+    fig, axes = plt.subplots(len(topics), 2, figsize=(13, 2.8 * len(topics)), squeeze=False)
+    for (ax_likes, ax_comments), topic in zip(axes, topics):
         entry = series.get(topic, {"total": 0, "posts": []})
         for post_id, hours, likes, comments in entry["posts"]:
-            line, = ax.plot(hours, likes, marker="o", label=post_id)
-            ax.plot(hours, comments, linestyle="--", marker=".", color=line.get_color())
+            line, = ax_likes.plot(hours, likes, marker="o")
+            ax_comments.plot(hours, comments, marker="o", color=line.get_color(), label=post_id)  # one legend, at the right
         shown = len(entry["posts"])
-        ax.set_title(topic if shown == entry["total"] else f"{topic} (latest {shown} of {entry['total']} posts)")
-        ax.set_xlabel("hours since publication")
-        ax.set_ylabel("likes (solid), comments (dashed)", fontsize="small")
+        title = topic if shown == entry["total"] else f"{topic} (latest {shown} of {entry['total']} posts)"
+        for ax, what in ((ax_likes, "likes"), (ax_comments, "comments")):
+            ax.set_title(f"{title}: {what}", fontsize="medium")
+            ax.set_ylabel(what)
+            ax.set_xlabel("time since publication")
+            ax.set_xscale("symlog", linthresh=1)  # linear below 1 h, so a snapshot at 0 h still shows
+            ax.set_xticks(list(_AGE_TICKS), list(_AGE_TICKS.values()))
+            ax.set_xlim(left=0)
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
         if entry["posts"]:
-            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            ax_comments.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out_path = Path(out_path)
     try:

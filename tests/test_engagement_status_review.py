@@ -143,3 +143,33 @@ def test_status_text_shows_the_recent_runs(state_dir, capsys):
     [line] = [line for line in out.splitlines() if "engagement" in line and "failed" in line]
     assert finished in line and "bot login" in line
     assert json.loads(run_bot(capsys, "status", "--json")[1])["runs"][0]["outcome"] == "failed"
+
+
+def test_the_chart_gives_comments_their_own_axis_and_time_a_log_scale(tmp_path, monkeypatch) -> None:
+    """Comments run at about a tenth of the likes and sat flat near zero on the
+    likes axis; on a linear time axis out to 30 days the first day, where most
+    likes come, was a sliver."""
+    import sys
+
+    import matplotlib.figure
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.store_growth import fill
+    from bot.engagement import plot_engagement
+    from bot.store import Store
+
+    store = Store(tmp_path / "state")
+    fill(store, days=20, per_day=2)
+    drawn = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), real_savefig(fig, *a, **k))[1])
+    plot_engagement(store, tmp_path / "chart.png")
+    [fig] = drawn
+    rows = [fig.axes[i : i + 2] for i in range(0, len(fig.axes), 2)]
+    assert rows
+    for likes, comments in rows:
+        assert (likes.get_ylabel(), comments.get_ylabel()) == ("likes", "comments")
+        assert likes.get_xscale() == comments.get_xscale() == "symlog"
+        most_likes = max(max(line.get_ydata()) for line in likes.get_lines())
+        most_comments = max(max(line.get_ydata()) for line in comments.get_lines())
+        assert most_comments < most_likes and comments.get_ylim()[1] < likes.get_ylim()[1]
