@@ -93,7 +93,7 @@ def _progress_on_first_byte(label: str) -> Iterator[Callable[[int, int, dict], N
         def update(done: int, total: int, info: dict) -> None:
             nonlocal bar
             if bar is None:
-                bar = stack.enter_context(progress_bar(label, enabled=None))
+                bar = stack.enter_context(progress_bar(label, enabled=None, in_bytes=True))
             bar(done, total, info)
 
         yield update
@@ -146,7 +146,7 @@ def import_(app: AppContext, name: str, checkpoint: str | None, config_file: str
     store = _store(app)
     try:
         # Hashing and converting a checkpoint of about 1 GB takes minutes: a bar on stderr.
-        with progress_bar(f"importing {name}") as progress, _disk_errors(name, store.root):
+        with progress_bar(f"importing {name}", in_bytes=True) as progress, _disk_errors(name, store.root):
             entry = store.import_files(name, files, kind=kind, open_clip_name=clip_model, trust=trust,
                                        progress=progress)
     except CorruptModel as exc:  # the files the person named: bad input (exit 2), the store unchanged
@@ -167,7 +167,7 @@ def verify(app: AppContext, name: str | None, as_json: bool) -> int:
         bot models verify vqgan_imagenet_f16_16384 --json
     """
     store = _store(app)
-    with progress_bar("verifying") as progress:  # on stderr: --json's stdout stays one document
+    with progress_bar("verifying", in_bytes=True) as progress:  # on stderr: --json's stdout stays one document
         results = store.verify(name, progress=progress)
     if as_json:
         emit_json(results)
