@@ -33,7 +33,7 @@ def tiny_files(tmp_path_factory):
 def bars_shown(monkeypatch):
     """Draw the CLI's progress bars although stderr is not a terminal here."""
     real = models_cli.progress_bar
-    monkeypatch.setattr(models_cli, "progress_bar", lambda label, enabled=None: real(label, enabled=True))
+    monkeypatch.setattr(models_cli, "progress_bar", lambda label, enabled=None, **kwargs: real(label, enabled=True, **kwargs))
 
 
 def _vqgan_args(tiny_files) -> list[str]:
