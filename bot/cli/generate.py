@@ -120,7 +120,7 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str | 
     Examples:
         bot generate --prompt "coral reef" --size 480 --iterations 500 --seed 7 --out out/reef
         bot generate --topic coral --out out/coral --json
-        bot generate --prompt "glacier:1 | text:-0.5" --size 480x320 --candidates 3 --snapshot 250 --out out/g
+        bot generate --prompt "glacier:1 | text:-0.5" --size 480x320 --candidates 3 --snapshot 100 --out out/g
         bot generate --prompt "coral reef" --iterations 187 --time-budget 0 --seed 7 --out out/again
     """
     from generators import GenerationRequest, get_generator

@@ -127,7 +127,7 @@ def import_(app: AppContext, name: str, checkpoint: str | None, config_file: str
 
     \b
     Examples:
-        bot models import vqgan_imagenet_f16_16384 --checkpoint last.ckpt --config model.yaml
+        bot models import vqgan_imagenet_f16_16384 --checkpoint last.ckpt --config model.yaml --trust
         bot models import clip_vit_b_32_openai --weights open_clip_model.safetensors
         bot models import my_clip --weights w.safetensors --clip-model ViT-B-16
     """

@@ -48,7 +48,7 @@ def command(
     Examples:
         bot posters --topic coral --size A3 --out coral.pdf
         bot posters --top 5 --size A2 --crop-marks --out top5.pdf
-        bot posters --top 5 --size A2 --city berlin --out berlin.pdf   # needs posters.link_template
+        BOT_POSTERS_LINK_TEMPLATE='https://example.org/p/{city}/{post_id}' bot posters --top 5 --size A2 --city berlin --out berlin.pdf
         bot posters --post 20260301-180000-glacier-ab12 --size 500x700 --out one.pdf --json
     """
     from bot.posters import PosterOptions, render_posters, write_contact_sheet

@@ -54,7 +54,7 @@ def command(as_json: bool, **options) -> None:
         bot train --data data/sky --out models/gan/sky --epochs 40
         bot train --data data/sky --out models/gan/sky --epochs 80 --resume
         bot train --data photos/ --arch dcgan --img-size 64 --out models/gan/oaks
-        bot train --data data/sky --out models/gan/sky-gpu --img-size 128 --device cuda
+        bot train --data data/sky --out models/gan/sky-gpu --device cuda   # on an NVIDIA GPU
     """
     from generators.gan import TrainConfig, train
 
