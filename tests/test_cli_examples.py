@@ -414,6 +414,8 @@ def why_not_run(example: Example) -> str | None:
         return "runs until stopped: the plain one is the sandbox's daemon; schedules: test_run_example_schedules"
     if example.command == ("train",) and ("--device" in argv or "--arch" in argv):
         return "trains 50 epochs (or needs a GPU); test_train_examples_fit_their_data checks its size"
+    if example.command == ("post",) and "--abandon" in argv:
+        return "needs a post that cannot be finished (tests/test_pipeline_edges.py runs it)"
     return None
 
 
@@ -570,7 +572,7 @@ def test_examples_run_or_say_why_not():
     ran = [e for e in EXAMPLES if why_not_run(e) is None]
     skipped = {e.line: why_not_run(e) for e in EXAMPLES if why_not_run(e)}
     assert len(ran) >= 40, skipped
-    assert len(skipped) <= 10, skipped
+    assert len(skipped) <= 11, skipped
 
 
 # --- 5. what the examples not run claim -------------------------------------------------

@@ -16,7 +16,9 @@ from bot.store import Store
 
 # The fake generator and publisher of the pipeline tests, and their fixtures
 # (`_reset_fakes` is autouse, so it must be imported into this module).
+from support import write_test_templates
 from test_pipeline import (  # noqa: F401
+    FlakyPublisher,
     PatternGenerator,
     _reset_fakes,
     assert_nothing_changed,
@@ -185,3 +187,37 @@ def test_a_caption_file_deleted_before_publishing_is_explained(state_dir: Path, 
     assert outbox_entries(state_dir) == []
     [post] = records(state_dir)
     assert post["status"] == "rendered"
+
+
+def test_a_post_whose_topic_is_gone_can_be_given_up(state_dir: Path, templates: Path, capsys, monkeypatch) -> None:
+    """A post whose topic was removed from topics.toml (or whose model was
+    deleted) could never be finished and blocked every `bot post` and the
+    daemon for good; `bot post --abandon` gives it up and keeps its archive."""
+    FlakyPublisher.fail_before = 1
+    code, _, _ = run_bot(capsys, "post", "--topic", "reef", "--publisher", "flaky")
+    assert code == 1
+    [post] = records(state_dir)
+    assert post["status"] == "rendered"
+    write_test_templates(templates, "test-pattern", topics=(("ice", "Ice"),))  # the reef topic is removed
+    code, _, err = run_bot(capsys, "post")
+    assert code == 2 and "no longer in" in err and "bot post --abandon" in err
+
+    code, _, err = run_bot(capsys, "post", "--abandon", "--dry-run")
+    assert code == 2 and "takes no --dry-run" in err
+    code, out, err = run_bot(capsys, "post", "--abandon", "--json")
+    assert code == 0, err
+    assert json.loads(out)["status"] == "failed"
+    [post] = records(state_dir)
+    assert post["status"] == "failed" and post["error"]["step"] == "abandon"
+    assert (state_dir / "archive" / post["id"] / "original.png").is_file()  # nothing deleted
+    code, _, err = run_bot(capsys, "post", "--abandon")
+    assert code == 2 and "no post is unfinished" in err
+
+
+def test_a_post_that_may_have_landed_cannot_be_given_up(state_dir: Path, templates: Path, capsys) -> None:
+    store = Store(state_dir)
+    store.create_post({"id": "p1", "topic": "reef", "generator": "test-pattern", "seed": 1, "publisher": "outbox"})
+    store.update_post("p1", status="publishing")
+    code, _, err = run_bot(capsys, "post", "--abandon")
+    assert code == 2 and "may have been published" in err
+    assert records(state_dir)[0]["status"] == "publishing"
