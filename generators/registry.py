@@ -24,6 +24,12 @@ from generators.errors import GeneratorError, UnknownGenerator
 # A progress callback receives (step, total, info); info carries e.g. {"loss": 0.71}.
 ProgressCallback = Callable[[int, int, dict[str, Any]], None]
 
+# Keys a caller adds to every generator's configuration table, beside the
+# user's settings: where the model store is, and what to call each value in
+# messages (``bot generate`` passes its flags' names). A generator refusing
+# unknown settings must accept these.
+CALLER_KEYS = frozenset({"models_dir", "option_names"})
+
 
 @dataclass
 class GenerationRequest:

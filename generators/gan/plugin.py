@@ -20,11 +20,11 @@ import torch
 from generators.errors import InvalidRequest
 from generators.gan.models import MAX_SEED
 from generators.gan.sample import MAX_OUTPUT_SIZE, WEIGHT_FILES, LoadedModel, check_model, drawn_images, load_model, native_scale, resolve_model_dir, upscale
-from generators.registry import GenerationRequest, GenerationResult, register_generator
+from generators.registry import CALLER_KEYS, GenerationRequest, GenerationResult, register_generator
 
 DEFAULT_MODEL = "hubble-128"
 OPTIONS = ("weights",)  # what a topic's options may set for this generator
-CONFIG_KEYS = ("model", "weights", "models_dir")  # [generators.gan] in bot.toml, and the models folder
+CONFIG_KEYS = ("model", "weights")  # [generators.gan] in bot.toml
 
 
 class GanGenerator:
@@ -33,10 +33,10 @@ class GanGenerator:
     name = "gan"
 
     def __init__(self, config: dict[str, Any]):
-        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        unknown = sorted(set(config) - set(CONFIG_KEYS) - CALLER_KEYS)
         if unknown:  # a misspelt setting was dropped without a word
             raise InvalidRequest(f"setting {unknown[0]!r} is not known to the gan generator; "
-                                 f"allowed: {', '.join(k for k in CONFIG_KEYS if k != 'models_dir')}")
+                                 f"allowed: {', '.join(CONFIG_KEYS)}")
         self.models_dir = Path(config.get("models_dir", "models"))
         self.default_model = str(config.get("model", DEFAULT_MODEL))
         self.default_weights = config.get("weights", "best")

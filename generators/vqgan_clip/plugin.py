@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 
 from generators.errors import InvalidRequest, ModelUnavailable
-from generators.registry import GenerationRequest, GenerationResult, register_generator
+from generators.registry import CALLER_KEYS, GenerationRequest, GenerationResult, register_generator
 from generators.vqgan_clip.cutouts import CutoutSettings
 from generators.vqgan_clip.optimise import RunSettings, StopRule, nnpack_applies, optimise
 from generators.vqgan_clip.prompts import parse_prompts
@@ -60,8 +60,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "clip_weights": "clip_vit_b_32_openai",
     "profile": "auto",
 }
-# What the caller adds to the settings: where models are, and what to call each value in messages.
-CALLER_KEYS = {"models_dir", "option_names"}
 # The architecture for CLIP weights the store has no record of (a file path or an
 # open_clip tag). Store weights use the architecture recorded at install time.
 FALLBACK_CLIP_MODEL = "ViT-B-32-quickgelu"
