@@ -9,7 +9,7 @@ fp32 matrix-product rate (``bench/machine.py``).
 Why it exists: ``bench/gan_train.py`` stops at 1.27x its baseline on the CPU,
 short of issue 3's 1.5x, with the step already at about 78 % of the
 matrix-product rate. This benchmark shows which pass holds it there (the
-weight gradient; see docs/gan.md, "Speed") and measures the two same-maths
+weight gradient; see docs/gan.md, "CPU expectations") and measures the two same-maths
 ways of computing that gradient with other kernels:
 
 - ``weight_grad_im2col``: the input unfolded (im2col, channels-last) in chunks

@@ -103,11 +103,12 @@ def emit_json(data: Any) -> None:
 def progress_bar(label: str, *, enabled: bool | None = None, in_bytes: bool = False) -> Iterator[Callable[[int, int, dict], None]]:
     """A progress callback ``(step, total, info)`` drawing a tqdm bar on stderr
     when it is a terminal (or when ``enabled``), showing e.g. the current loss.
-    ``in_bytes``: the steps are bytes (downloads, hashing), shown as MB and MB/s."""
+    ``in_bytes``: the steps are bytes (downloads, hashing), shown as MB and MB/s
+    (decimal, as the sizes in the docs)."""
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if enabled is None else enabled
-    units = {"unit": "B", "unit_scale": True, "unit_divisor": 1024} if in_bytes else {}
+    units = {"unit": "B", "unit_scale": True} if in_bytes else {}
     bar = tqdm(total=None, desc=label, disable=not show, file=sys.stderr, dynamic_ncols=True, **units)
 
     def update(step: int, total: int, info: dict) -> None:
