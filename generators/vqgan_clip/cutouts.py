@@ -34,11 +34,17 @@ class CutoutSettings:
     count: int = 32
     power: float = 1.0
     augment: bool = True
+    # The magnitudes of the references' kornia augmentations: flips as in
+    # Crowson's notebook (RandomHorizontalFlip(p=0.5)); rotation, shift and
+    # saturation as in nerdyrodent's generate.py (RandomAffine(degrees=15,
+    # translate=0.1), ColorJitter(saturation=0.1); the notebook used 30 degrees
+    # and 0.01). Unlike kornia's p=0.7, each applies to every crop; see
+    # docs/vqgan_clip.md, "Where it differs from the reference".
     flip_p: float = 0.5
-    max_degrees: float = 15.0  # the notebook's RandomAffine(degrees=15, translate=0.1)
+    max_degrees: float = 15.0
     max_translate: float = 0.1
-    saturation: float = 0.1  # ColorJitter(saturation=0.1)
-    noise: float = 0.1  # per-crop noise scale drawn from U(0, noise)
+    saturation: float = 0.1
+    noise: float = 0.1  # per-crop noise scale drawn from U(0, noise), as both references
 
 
 def _crop_sizes(n: int, width: int, height: int, cut_size: int, power: float, gen: torch.Generator,

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -61,7 +62,7 @@ class RunSettings:
     width: int = 256
     height: int = 256
     iterations: int = 500  # hard cap
-    learning_rate: float = 0.1  # the notebook's Adam step size on z
+    learning_rate: float = 0.1  # Adam's step size on z: generate.py's default (Crowson's notebook: 0.05)
     candidates: int = 1
     cutouts: CutoutSettings = field(default_factory=CutoutSettings)
     stop: StopRule | None = field(default_factory=StopRule)
@@ -233,16 +234,38 @@ def prepare_models(vqgan: VQGAN, perceptor: Perceptor, settings: RunSettings, de
     return decode, embed
 
 
+def fit_to_area(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """An image prompt ``(3, h, w)`` in [0, 1] as the notebook cuts it
+    (``resize_image``): aspect ratio kept, shrunk with Lanczos (PIL) to the
+    output's area ``width * height`` when it is larger, and left as it is
+    otherwise. Without this a large photo would be cut at its own resolution,
+    so its cutouts would show small parts of it instead of most of it."""
+    h, w = image.shape[-2:]
+    ratio = w / h
+    area = min(w * h, width * height)
+    size = round((area * ratio) ** 0.5), round((area / ratio) ** 0.5)
+    if size == (w, h):
+        return image
+    resized = to_pil(image).resize(size, Image.LANCZOS)
+    array = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)
+    return array.permute(2, 0, 1).to(device=image.device, dtype=image.dtype)
+
+
 def embed_prompts(perceptor: Perceptor, prompts: list[WeightedPrompt], image_prompts: list[tuple[torch.Tensor, float]],
-                  cut: CutoutSettings, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  cut: CutoutSettings, gen: torch.Generator,
+                  output_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Text prompts embed directly; an image prompt is embedded as the mean
-    distance over its own cutouts, i.e. ``count`` prompts of weight ``w / count``."""
+    distance over its own cutouts, i.e. ``count`` prompts of weight ``w / count``,
+    cut from the image fitted to the output's area (``output_size`` = (width,
+    height); :func:`fit_to_area`), as the notebook does."""
     embeds, weights = [], []
     if prompts:
         embeds.append(perceptor.embed_texts([p.text for p in prompts]))
         weights += [p.weight for p in prompts]
     with torch.no_grad():
         for image, weight in image_prompts:
+            if output_size is not None:
+                image = fit_to_area(image, *output_size)
             crops = make_cutouts(image[None], perceptor.input_size, cut, gen)
             embeds.append(perceptor.embed_images(crops))
             weights += [weight / crops.shape[0]] * crops.shape[0]
@@ -295,7 +318,8 @@ def _optimise(vqgan: VQGAN, perceptor: Perceptor, prompts: list[WeightedPrompt],
     memory_format = memory_format_for(settings, device)
 
     # 2. targets and starting point
-    prompt_embeds, weights = embed_prompts(perceptor, prompts, image_prompts or [], settings.cutouts, gen)
+    prompt_embeds, weights = embed_prompts(perceptor, prompts, image_prompts or [], settings.cutouts, gen,
+                                           output_size=(settings.width, settings.height))
     z = initial_latent(vqgan, settings, init_image, gen, device).requires_grad_(True)
     z_start = z.detach().clone()
     codebook = vqgan.quantize.embedding.weight
