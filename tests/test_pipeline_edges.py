@@ -14,9 +14,10 @@ import bot.store as store_module
 from bot.cli import main
 from bot.store import Store
 
+from support import write_test_templates
+
 # The fake generator and publisher of the pipeline tests, and their fixtures
 # (`_reset_fakes` is autouse, so it must be imported into this module).
-from support import write_test_templates
 from test_pipeline import (  # noqa: F401
     FlakyPublisher,
     PatternGenerator,
