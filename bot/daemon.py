@@ -712,7 +712,11 @@ def _engagement_summary(result: Any) -> Any:
     posts. The snapshots themselves (with Instagram's raw insights) are on the
     posts already; a copy in every run row only made the store grow."""
     if isinstance(result, list):
-        return {"snapshots": len(result), "post_ids": [s.get("post_id") for s in result if isinstance(s, dict)]}
+        summary = {"snapshots": len(result), "post_ids": [s.get("post_id") for s in result if isinstance(s, dict)]}
+        for missed in ("unread", "stopped"):  # what a Collection says kept snapshots from being taken
+            if getattr(result, missed, None):
+                summary[missed] = getattr(result, missed)
+        return summary
     if isinstance(result, (dict, str, int, float)) or result is None:
         return result
     return repr(result)

@@ -74,14 +74,33 @@ def _published_at(post: dict[str, Any]) -> datetime | None:
 # -- collecting ----------------------------------------------------------------------
 
 
+class Collection(list):
+    """The snapshots a collection run took (each with its ``post_id``), and
+    what kept the others from being taken: ``unread``, the ids of posts whose
+    counts could not be read (a network error, a server error), and
+    ``stopped``, Instagram's slow-down answer that ended the run. Both used to
+    be log lines only, and `bot engagement collect` exited 0 after them."""
+
+    def __init__(self, taken: list[dict[str, Any]] | None = None, *, due: int = 0):
+        super().__init__(taken or [])
+        self.due = due
+        self.unread: list[str] = []
+        self.stopped: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.unread and self.stopped is None
+
+
 def collect_engagement(
     settings: Settings,
     store: Store,
     *,
     now: datetime | None = None,
     stop: Callable[[], bool] | None = None,
-) -> list[dict[str, Any]]:
-    """Take the snapshots that are due; returns them (each with its ``post_id``).
+) -> Collection:
+    """Take the snapshots that are due; returns them (each with its ``post_id``)
+    as a :class:`Collection`, which also says what could not be read.
 
     Every snapshot is stored as soon as it is taken, so stopping early loses
     none. ``stop`` (the daemon's shutdown flag) is asked before each post: a
@@ -98,13 +117,13 @@ def collect_engagement(
     due = [(post, slot) for post in store.posts(status="published")
            if (slot := due_slot(post, settings.instagram.engagement_schedule_hours, moment)) is not None]
     if not due:
-        return []
+        return Collection()
     # 2. one logged-in session for all of them
     from bot.publish.instagram import InstagramPublisher
 
     publisher = InstagramPublisher(settings)
     publisher.check()
-    taken: list[dict[str, Any]] = []
+    taken = Collection(due=len(due))
     try:
         client = publisher.session()
         business = bool(getattr(publisher.account, "is_business", False))
@@ -120,6 +139,7 @@ def collect_engagement(
                 _note_missing(store, post, exc, moment)
                 continue
             if snapshot is None:
+                taken.unread.append(post["id"])
                 continue
             if post.get("media_missing_since"):  # it was there after all
                 store.update_post(post["id"], media_missing_since=None)
@@ -127,6 +147,7 @@ def collect_engagement(
             taken.append({"post_id": post["id"], **snapshot})
     except PublishCoolDown as exc:
         log.warning("engagement: stopped after %d snapshot(s): %s", len(taken), exc)
+        taken.stopped = str(exc)
     except PublishPaused as exc:
         raise PublishPaused(f"engagement collection stopped after {len(taken)} snapshot(s), which are kept: {exc}") from None
     log.info("engagement: %d snapshot(s) taken, %d post(s) were due", len(taken), len(due))

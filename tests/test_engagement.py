@@ -115,3 +115,26 @@ def test_the_daemon_records_a_refused_login_as_a_failed_engagement_run(fake, tmp
     daemon._engagement_job()
     [run] = [r for r in daemon.store.rows("runs") if r["job"] == "engagement"]
     assert run["outcome"] == "failed" and "bot login" in run["error"]
+
+
+def test_collect_exits_1_when_instagram_asks_to_slow_down(fake, tmp_path, monkeypatch):
+    """A throttled run took nothing, logged a warning and exited 0: a cron job
+    or a person could not tell it from a run with nothing due."""
+    assert run_cli("post", "--topic", "reef")[0] == 0
+    monkeypatch.setenv("BOT_INSTAGRAM_ENGAGEMENT_SCHEDULE_HOURS", "0")  # due at once
+    fake.fail("/info/", "429")
+    code, out, err = run_cli("engagement", "collect", "--json")
+    assert code == 1 and json.loads(out) == []  # stdout stays one JSON document
+    assert "0 of 1 due snapshot(s) taken" in err and "slow down" in err and "next run" in err
+    code, out, err = run_cli("engagement", "collect")
+    assert code == 0 and "1 snapshot(s) taken" in out, err
+
+
+def test_collect_names_the_posts_it_could_not_read_and_keeps_the_rest(fake, tmp_path):
+    settings, store, first, second = publish_two_posts()
+    fake.fail(f"/media/{second['publication']['extra']['media_pk']}/info/", "500", times=10)
+    published = parse_iso(second["publication"]["published_at"])
+    taken = collect_engagement(settings, store, now=published + timedelta(hours=2))
+    assert [s["post_id"] for s in taken] == [first["id"]] and taken.unread == [second["id"]]
+    assert not taken.complete and taken.due == 2
+    assert len(store.require_post(first["id"])["engagement"]) == 1

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bot.cli.common import AppContext, OutputFile, emit_json, pass_app
+from bot.errors import BotError
 from bot.engagement import collect_engagement, engagement_summary, plot_engagement
 
 
@@ -74,7 +75,9 @@ def collect(app: AppContext, as_json: bool) -> None:
     """Read the counts of every published post whose next slot has passed
     (instagram.engagement_schedule_hours after publication) and append them.
     Exits 1, keeping the snapshots taken, when Instagram refuses the login or
-    wants a challenge solved: run `bot login`, then collect again.
+    wants a challenge solved (run `bot login`, then collect again), asks the
+    bot to slow down, or some posts' counts could not be read (the next run
+    tries them again).
 
     \b
     Examples:
@@ -83,9 +86,16 @@ def collect(app: AppContext, as_json: bool) -> None:
     """
     taken = collect_engagement(app.settings, app.store)
     if as_json:
-        emit_json(taken)
-        return
-    for snap in taken:
-        click.echo(f"{snap['post_id']}: {snap['likes']} likes, {snap['comments']} comments "
-                   f"(slot {snap['slot_hours']:g} h)")
-    click.echo(f"{len(taken)} snapshot(s) taken.")
+        emit_json(list(taken))
+    else:
+        for snap in taken:
+            click.echo(f"{snap['post_id']}: {snap['likes']} likes, {snap['comments']} comments "
+                       f"(slot {snap['slot_hours']:g} h)")
+        click.echo(f"{len(taken)} snapshot(s) taken.")
+    if not taken.complete:  # the snapshots taken are kept; the rest are due again on the next run
+        why = [f"Instagram asked to slow down ({taken.stopped})"] if taken.stopped else []
+        if taken.unread:
+            why.append(f"the counts of {len(taken.unread)} post(s) could not be read ({', '.join(taken.unread)}; "
+                       "the log says why)")
+        raise BotError(f"{len(taken)} of {taken.due} due snapshot(s) taken: {'; '.join(why)}. The snapshots taken "
+                       "are kept; the others are tried again on the next run")
