@@ -98,11 +98,13 @@ def install_tiny_models(models_dir: Path, seed: int = 0) -> dict[str, Any]:
     ``import``; return the generator config that uses them."""
     from generators.models.store import ModelStore
 
-    work = Path(tempfile.mkdtemp(prefix="dstrtd-tiny-"))
-    ckpt, config, _ = write_tiny_vqgan(work / "vqgan", seed)
-    clip = write_tiny_clip(work / "clip", seed)
-    store = ModelStore(models_dir)
-    store.import_files(TINY_VQGAN, {"checkpoint": ckpt, "config": config}, kind="vqgan", trust=True)
-    store.import_files(TINY_CLIP, {"weights": clip}, kind="clip", open_clip_name=TINY_CLIP_NAME)
+    # the store keeps its own converted copies: the source files can go
+    with tempfile.TemporaryDirectory(prefix="dstrtd-tiny-") as folder:
+        work = Path(folder)
+        ckpt, config, _ = write_tiny_vqgan(work / "vqgan", seed)
+        clip = write_tiny_clip(work / "clip", seed)
+        store = ModelStore(models_dir)
+        store.import_files(TINY_VQGAN, {"checkpoint": ckpt, "config": config}, kind="vqgan", trust=True)
+        store.import_files(TINY_CLIP, {"weights": clip}, kind="clip", open_clip_name=TINY_CLIP_NAME)
     return {"models_dir": str(models_dir), "vqgan": TINY_VQGAN, "clip_model": TINY_CLIP_NAME,
             "clip_weights": TINY_CLIP, "profile": "full"}
