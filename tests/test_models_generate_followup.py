@@ -215,3 +215,22 @@ def test_a_full_disk_while_writing_outputs_is_a_message_and_leaves_none(tiny_con
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"]["image"] == str(out / "image.png")
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_generate_says_which_snapshot_steps_the_run_stopped_before(tmp_path, monkeypatch, capsys):
+    """A --snapshot step past where the plateau rule or the time budget
+    stopped the run left no image, and nothing said why."""
+    from support import run_bot, vqgan_bot_config
+
+    from generators.vqgan_clip.tiny import install_tiny_models
+
+    tiny = install_tiny_models(tmp_path / "models")
+    monkeypatch.setenv("BOT_PATHS_MODELS", tiny["models_dir"])
+    config = vqgan_bot_config(tiny, tmp_path)
+    out = tmp_path / "out"
+    code, _, err = run_bot(capsys, "--config", str(config), "generate", "--prompt", "coral reef", "--size", "32",
+                           "--iterations", "50", "--cutouts", "2", "--seed", "3", "--snapshot", "1",
+                           "--snapshot", "40", "--time-budget", "0.000001", "--device", "cpu", "--out", str(out))
+    assert code == 0, err
+    assert (out / "snapshots" / "step-00001.png").is_file() and not (out / "snapshots" / "step-00040.png").exists()
+    assert "no snapshot at step 40: the run stopped at step 1 (time budget)" in err

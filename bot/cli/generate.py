@@ -158,6 +158,7 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str | 
         result = generator.generate(request)
     # 3. write the outputs
     manifest = _write_outputs(Path(out_dir), result)
+    _note_missing_snapshots(snapshots, result)
     if as_json:
         emit_json(manifest)
     else:
@@ -166,6 +167,18 @@ def command(app: AppContext, prompt: str | None, topic: str | None, size: str | 
 
 
 OUTPUT_NAMES = ("image.png", "loss_curve.png", "manifest.json", "snapshots")
+
+
+def _note_missing_snapshots(asked: tuple[int, ...], result: Any) -> None:
+    """Say on stderr which --snapshot steps have no image because the run
+    stopped before them (the plateau rule, the time budget): the folder simply
+    lacked them, and nothing said why."""
+    missing = sorted(set(asked) - set(result.snapshots))
+    if missing:
+        stopped = result.extras.get("stop_step") or len(result.loss_curve or [])
+        why = result.extras.get("stop_reason") or "the run ended"
+        click.echo(f"note: no snapshot at step {', '.join(map(str, missing))}: the run stopped at step "
+                   f"{stopped} ({why})", err=True)
 
 
 def _check_no_earlier_image(out: Path) -> None:
