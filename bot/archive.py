@@ -55,7 +55,8 @@ def relative(state_dir: Path, path: Path) -> str:
     return str(Path(path).relative_to(state_dir))
 
 
-def _png_bytes(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image) -> bytes:
+    """The image as PNG file bytes (for an atomic write)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -69,7 +70,7 @@ def save_generation(folder: Path, result: GenerationResult, request: dict[str, A
     snapshot_files = {}
     for step, snapshot in sorted(result.snapshots.items()):
         path = folder / "snapshots" / f"step-{step:05d}.png"
-        atomic_write_bytes(path, _png_bytes(snapshot.convert("RGB")))
+        atomic_write_bytes(path, png_bytes(snapshot.convert("RGB")))
         snapshot_files[str(step)] = str(path.relative_to(folder))
     report = {
         "generator": result.generator,
@@ -85,7 +86,7 @@ def save_generation(folder: Path, result: GenerationResult, request: dict[str, A
         "request": request,
     }
     atomic_write_text(folder / FILES["generation"], json.dumps(report, indent=1))
-    atomic_write_bytes(folder / FILES["original"], _png_bytes(result.image.convert("RGB")))
+    atomic_write_bytes(folder / FILES["original"], png_bytes(result.image.convert("RGB")))
     return report
 
 

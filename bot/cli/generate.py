@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -232,20 +231,19 @@ def _write_outputs(out: Path, result: Any) -> dict[str, Any]:
 def _write_files(folder: Path, out: Path, result: Any) -> dict[str, Any]:
     """Write the outputs into ``folder``; the manifest names them as they will
     be once moved to ``out``."""
+    from bot.archive import plot_loss_curve, png_bytes
     from bot.store import atomic_write_bytes, atomic_write_text
 
     files = {"image": str(out / "image.png")}
-    atomic_write_bytes(folder / "image.png", _png(result.image))
+    atomic_write_bytes(folder / "image.png", png_bytes(result.image))
     if result.loss_curve:
-        from bot.archive import plot_loss_curve
-
         plot_loss_curve(result.loss_curve, result.loss_label, result.parameters.get("prompts", ""),
                         folder / "loss_curve.png")
         files["loss_curve"] = str(out / "loss_curve.png")
     for step, image in sorted(result.snapshots.items()):
         (folder / "snapshots").mkdir(exist_ok=True)
         name = f"step-{step:05d}.png"
-        atomic_write_bytes(folder / "snapshots" / name, _png(image))
+        atomic_write_bytes(folder / "snapshots" / name, png_bytes(image))
         files[f"snapshot_{step}"] = str(out / "snapshots" / name)
     manifest = {
         "generator": result.generator, "seed": result.seed, "parameters": result.parameters,
@@ -255,9 +253,3 @@ def _write_files(folder: Path, out: Path, result: Any) -> dict[str, Any]:
     atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
     files["manifest"] = str(out / "manifest.json")
     return manifest
-
-
-def _png(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
